@@ -1,0 +1,75 @@
+"""Resampling schemes: ``(rng_key, log_weights, num_samples) -> ancestor indices``.
+
+All four are unbiased: the expected number of copies of particle ``i`` is ``num_samples·W_i``.
+Systematic (the default) has the lowest variance in practice; residual and stratified are
+close; multinomial is the textbook baseline. Particles with zero weight are never chosen.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from numpyro_jarzynski.engine.weights import normalized_weights
+
+
+def _inverse_cdf(log_w, positions):
+    # Normalise the cumulative sum by its last entry so that it ends at exactly 1 in float32;
+    # otherwise a position above a rounded-down total would select the last (maybe dead) particle.
+    cdf = jnp.cumsum(normalized_weights(log_w))
+    cdf = cdf / cdf[-1]
+    idx = jnp.searchsorted(cdf, positions, side="right")
+    return jnp.clip(idx, 0, log_w.shape[0] - 1).astype(jnp.int32)
+
+
+def systematic(rng_key, log_w, num_samples=None):
+    """One uniform offset shared by ``num_samples`` evenly spaced positions."""
+    num_samples = log_w.shape[0] if num_samples is None else num_samples
+    u = jax.random.uniform(rng_key, dtype=log_w.dtype)
+    return _inverse_cdf(log_w, (u + jnp.arange(num_samples, dtype=log_w.dtype)) / num_samples)
+
+
+def stratified(rng_key, log_w, num_samples=None):
+    """One independent uniform in each of ``num_samples`` equal strata."""
+    num_samples = log_w.shape[0] if num_samples is None else num_samples
+    u = jax.random.uniform(rng_key, (num_samples,), dtype=log_w.dtype)
+    return _inverse_cdf(log_w, (u + jnp.arange(num_samples, dtype=log_w.dtype)) / num_samples)
+
+
+def multinomial(rng_key, log_w, num_samples=None):
+    """Independent draws from the categorical distribution of the weights."""
+    num_samples = log_w.shape[0] if num_samples is None else num_samples
+    return jax.random.categorical(rng_key, log_w, shape=(num_samples,)).astype(jnp.int32)
+
+
+def residual(rng_key, log_w, num_samples=None):
+    """``floor(num_samples·W_i)`` deterministic copies, the remainder drawn multinomially."""
+    n = log_w.shape[0]
+    num_samples = n if num_samples is None else num_samples
+    expected = num_samples * normalized_weights(log_w)
+    copies = jnp.floor(expected).astype(jnp.int32)
+    remainder = expected - copies
+    log_rem = jnp.where(remainder > 0, jnp.log(jnp.where(remainder > 0, remainder, 1.0)), -jnp.inf)
+    extra = jnp.sort(jax.random.categorical(rng_key, log_rem, shape=(num_samples,)))
+    fixed = jnp.repeat(jnp.arange(n), copies, total_repeat_length=num_samples)
+    slot = jnp.arange(num_samples)
+    return jnp.where(slot >= jnp.sum(copies), extra, fixed).astype(jnp.int32)
+
+
+SCHEMES = {
+    "systematic": systematic,
+    "stratified": stratified,
+    "multinomial": multinomial,
+    "residual": residual,
+}
+
+
+def get_scheme(name):
+    """Look a scheme up by name, or pass a callable through."""
+    if callable(name):
+        return name
+    try:
+        return SCHEMES[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown resampling scheme {name!r}; choose one of {sorted(SCHEMES)} "
+            "or pass a function (rng_key, log_weights, num_samples) -> indices."
+        ) from None

@@ -1,0 +1,337 @@
+"""From a NumPyro model and its arguments to what the SMC engine needs.
+
+* :func:`inspect_model` classifies the sites once (continuous / discrete latents, observed
+  sites, factors, deterministic sites) and rejects models the kernel cannot handle, with an
+  error that names the site and the fix.
+* :func:`split_log_density` evaluates the *prior part* (latent log densities plus the
+  log-Jacobians of the maps to unconstrained space) and the *likelihood part* (observed sites
+  and, by default, ``numpyro.factor`` terms) separately: the tempered target is
+  ``log γ_β = log prior + β · log likelihood``.
+* :func:`draw_prior` draws exact prior particles (vmapped seeded traces).
+* :func:`constrain` maps unconstrained particles back, adding deterministic sites.
+
+Why not ``numpyro.infer.util.potential_energy``: it adds the Jacobian as an *observed* factor
+site, so blocking observed sites to get the prior would drop it. Here the substitution into
+unconstrained space is done by hand and the Jacobian is booked in the prior part.
+Everything that touches model internals lives in this module.
+
+**Tempered latent sites.** A latent site whose distribution implements the two methods
+
+* ``tempering_base()`` -> a proper NumPyro distribution (exactly sampleable), and
+* ``tempering_log_tilt(value)`` -> the log of the unnormalised tilt ``exp(-U(value))``,
+
+(e.g. an energy-based model ``base(x)·exp(−U(x))``) is split: its base log density goes to
+the prior part and its tilt to the tempered part, and particles start as base draws. With no
+observations the log evidence is then ``log Z`` of the energy model relative to its base.
+"""
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpyro.distributions as dist
+from numpyro import handlers
+from numpyro.distributions.transforms import biject_to
+from numpyro.distributions.util import sum_rightmost
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Site names by role, in model order. Structural only: never holds data."""
+
+    continuous: tuple
+    discrete: tuple
+    improper: tuple
+    observed: tuple
+    factors: tuple
+    prior_factors: tuple
+    deterministic: tuple
+    tempered: tuple  # latent sites split by the tempered-site protocol
+    discrete_support: dict  # name -> tuple of support values (None if not enumerable)
+
+
+def _unwrap(fn):
+    while True:
+        base = getattr(fn, "base_dist", None)
+        if base is None:
+            return fn
+        fn = base
+
+
+def _is_improper(fn):
+    return isinstance(_unwrap(fn), dist.ImproperUniform)
+
+
+def is_tempered_site(fn):
+    """Whether a distribution implements the tempered-site protocol (see module docstring)."""
+    return hasattr(fn, "tempering_base") and hasattr(fn, "tempering_log_tilt")
+
+
+def _is_factor(site):
+    return isinstance(_unwrap(site["fn"]), dist.Unit)
+
+
+def _site_log_prob(site):
+    value = site["value"]
+    if site.get("intermediates"):
+        lp = site["fn"].log_prob(value, site["intermediates"])
+    else:
+        lp = site["fn"].log_prob(value)
+    lp = jnp.sum(lp)
+    if site["scale"] is not None:
+        lp = site["scale"] * lp
+    return lp
+
+
+def _placeholder(site):
+    # A value inside the support for improper sites, so that a structural trace can run.
+    fn = site["fn"]
+    t = biject_to(fn.support)
+    shape = t.inverse_shape(fn.shape()) if hasattr(t, "inverse_shape") else fn.shape()
+    return t(jnp.zeros(shape))
+
+
+def _trace(model, args, kwargs, substitute_fn=None, rng_seed=0):
+    # A fixed seed makes plate subsamples (and any unsubstituted draw) deterministic, so the
+    # tempered target is one fixed function during a run.
+    fn = handlers.seed(model, rng_seed=rng_seed)
+    if substitute_fn is not None:
+        fn = handlers.substitute(fn, substitute_fn=substitute_fn)
+    return handlers.trace(fn).get_trace(*args, **kwargs)
+
+
+def _enumerable_support(fn):
+    if not getattr(fn, "has_enumerate_support", False):
+        return None
+    try:
+        return fn.enumerate_support(expand=False)
+    except Exception:  # noqa: BLE001 - any failure means "not enumerable"
+        return None
+
+
+def inspect_model(model, model_args=(), model_kwargs=None, prior_factors=(), allow_discrete=False):
+    """Classify the model's sites and reject unsupported ones with actionable errors."""
+    model_kwargs = model_kwargs or {}
+
+    def structural(site):
+        if site["type"] != "sample" or site["is_observed"]:
+            return None
+        if is_tempered_site(site["fn"]):
+            return site["fn"].tempering_base().sample(jax.random.key(0))
+        if _is_improper(site["fn"]):
+            return _placeholder(site)
+        return None
+
+    tr = _trace(model, model_args, model_kwargs, structural)
+    continuous, discrete, improper, observed, factors, det, tempered = [], [], [], [], [], [], []
+    support = {}
+    for name, site in tr.items():
+        if site["type"] == "deterministic":
+            det.append(name)
+        if site["type"] != "sample":
+            continue
+        if site["infer"].get("enumerate") == "parallel":
+            raise ValueError(
+                f"Site {name!r} is marked infer={{'enumerate': 'parallel'}}. JarzynskiSMC "
+                "does not enumerate: its discrete sites are updated by Gibbs moves at the "
+                "current temperature. Remove the 'enumerate' annotation (or marginalise the "
+                "site by hand)."
+            )
+        if site["is_observed"]:
+            (factors if _is_factor(site) else observed).append(name)
+            continue
+        fn = site["fn"]
+        if is_tempered_site(fn):
+            tempered.append(name)
+        if fn.support.is_discrete:
+            values = _enumerable_support(fn)
+            if values is None:
+                raise ValueError(
+                    f"Latent site {name!r} has a discrete distribution "
+                    f"({type(_unwrap(fn)).__name__}) with infinite or non-enumerable support. "
+                    "JarzynskiSMC updates discrete sites by exact Gibbs over their support, so "
+                    "the support must be finite: truncate it (e.g. a Categorical over "
+                    "0..K-1), marginalise it out of the model, or supply a custom move."
+                )
+            if not allow_discrete:
+                raise ValueError(
+                    f"Latent site {name!r} is discrete; this kernel configuration handles only "
+                    "continuous latent sites."
+                )
+            discrete.append(name)
+            support[name] = values
+            continue
+        if _is_improper(fn) and not is_tempered_site(fn):
+            improper.append(name)
+        continuous.append(name)
+    if not continuous and not discrete:
+        raise ValueError(
+            "The model has no latent sample sites: there is nothing to infer. Check that the "
+            "data are passed as `obs=` only for observed sites, or evaluate the likelihood "
+            "directly with numpyro.infer.util.log_density."
+        )
+    unknown = set(prior_factors) - set(factors)
+    if unknown:
+        raise ValueError(
+            f"prior_factors names {sorted(unknown)}, which are not numpyro.factor sites of "
+            f"the model (its factor sites are {factors})."
+        )
+    return ModelSpec(
+        tuple(continuous), tuple(discrete), tuple(improper), tuple(observed), tuple(factors),
+        tuple(prior_factors), tuple(det), tuple(tempered), support,
+    )
+
+
+def _unconstrained_substitute(z, discrete):
+    def fn(site):
+        if site["type"] != "sample" or site["is_observed"]:
+            return None
+        name = site["name"]
+        if name in z:
+            return biject_to(site["fn"].support)(z[name])
+        if name in discrete:
+            return discrete[name]
+        return None
+
+    return fn
+
+
+def _log_det(site, u):
+    t = biject_to(site["fn"].support)
+    value = site["value"]
+    ld = t.log_abs_det_jacobian(u, value)
+    ld = sum_rightmost(ld, jnp.ndim(ld) - jnp.ndim(value) + len(site["fn"].event_shape))
+    ld = jnp.sum(ld)
+    if site["scale"] is not None:
+        ld = site["scale"] * ld
+    return ld
+
+
+def _tempered_parts(site):
+    fn, value = site["fn"], site["value"]
+    base_lp = jnp.sum(fn.tempering_base().log_prob(value))
+    tilt = jnp.sum(fn.tempering_log_tilt(value))
+    if site["scale"] is not None:
+        base_lp, tilt = site["scale"] * base_lp, site["scale"] * tilt
+    return base_lp, tilt
+
+
+def split_log_density(model, model_args, model_kwargs, spec, z, discrete=None):
+    """``(log prior, log likelihood)`` of one particle given unconstrained latents ``z``.
+
+    The prior part holds every latent site's log density and the log-Jacobian of its map to
+    unconstrained space; the likelihood part holds observed sites and the ``numpyro.factor``
+    terms not listed in ``spec.prior_factors``. Subsample scales are applied to both.
+    """
+    discrete = discrete or {}
+    tr = _trace(model, model_args, model_kwargs or {}, _unconstrained_substitute(z, discrete))
+    log_prior = jnp.zeros(())
+    log_lik = jnp.zeros(())
+    for name, site in tr.items():
+        if site["type"] != "sample":
+            continue
+        if not site["is_observed"] and is_tempered_site(site["fn"]):
+            base_lp, tilt = _tempered_parts(site)
+            log_prior = log_prior + base_lp
+            log_lik = log_lik + tilt
+            if name in z:
+                log_prior = log_prior + _log_det(site, z[name])
+            continue
+        lp = _site_log_prob(site)
+        if not site["is_observed"]:
+            log_prior = log_prior + lp
+            if name in z:
+                log_prior = log_prior + _log_det(site, z[name])
+        elif name in spec.prior_factors:
+            log_prior = log_prior + lp
+        else:
+            log_lik = log_lik + lp
+    return log_prior, log_lik
+
+
+def _one_prior_draw(model, model_args, model_kwargs, spec, rng_key, given, proposals):
+    """One exact prior draw. ``given``: constrained values to use as they are; ``proposals``:
+    distributions to draw some sites from, corrected by importance weights."""
+    names = list(proposals) + [n for n in spec.tempered if n not in proposals]
+    keys = {n: k for n, k in zip(names, jax.random.split(rng_key, len(names) + 1)[1:])}
+    drawn = {}
+
+    def fn(site):
+        if site["type"] != "sample" or site["is_observed"]:
+            return None
+        name = site["name"]
+        if name in given:
+            return given[name]
+        if name in proposals:
+            drawn[name] = proposals[name].sample(keys[name])
+            return drawn[name]
+        if is_tempered_site(site["fn"]):
+            return site["fn"].tempering_base().sample(keys[name])
+        return None
+
+    seed = jax.random.split(rng_key)[0]
+    tr = handlers.trace(
+        handlers.substitute(handlers.seed(model, rng_seed=seed), substitute_fn=fn)
+    ).get_trace(*model_args, **(model_kwargs or {}))
+    log_w = jnp.zeros(())
+    for name, value in drawn.items():
+        log_w = log_w + _site_log_prob(tr[name]) - jnp.sum(proposals[name].log_prob(value))
+    z = {n: biject_to(tr[n]["fn"].support).inv(tr[n]["value"]) for n in spec.continuous}
+    disc = {n: tr[n]["value"] for n in spec.discrete}
+    return z, disc, log_w
+
+
+def draw_prior(model, model_args, model_kwargs, spec, rng_key, num_particles, init_particles=None):
+    """Exact prior draws for all latent sites, shape ``(N, ...)`` in unconstrained space.
+
+    ``init_particles`` maps site names to either arrays of constrained values with leading
+    dimension ``N`` (taken as exact prior draws) or a NumPyro distribution (particles are
+    drawn from it and the initial log-weights carry ``log prior − log proposal``; this is how
+    improper priors are handled). Returns ``(z, discrete, initial_log_weights)``.
+    """
+    init_particles = dict(init_particles or {})
+    latent = set(spec.continuous) | set(spec.discrete)
+    unknown = set(init_particles) - latent
+    if unknown:
+        raise ValueError(
+            f"init_particles names {sorted(unknown)}, which are not latent sites of the model "
+            f"(latent sites: {sorted(latent)})."
+        )
+    missing = [n for n in spec.improper if n not in init_particles]
+    if missing:
+        raise ValueError(
+            f"Site {missing[0]!r} has an improper prior (ImproperUniform) that cannot be "
+            "sampled, so the particles cannot start as exact prior draws. Pass "
+            "init_particles={"
+            f"{missing[0]!r}: dist.Normal(0, 10).expand(shape)"
+            "} (any proper distribution on the site's support; the initial weights correct "
+            "for it), or give the site a proper prior."
+        )
+    proposals = {n: v for n, v in init_particles.items() if isinstance(v, dist.Distribution)}
+    given = {n: jnp.asarray(v) for n, v in init_particles.items() if n not in proposals}
+    for name in spec.improper:
+        if name in given:
+            raise ValueError(
+                f"Site {name!r} has an improper prior: arrays cannot be exact draws from it. "
+                "Pass a proper distribution in init_particles instead, so that the initial "
+                "weights correct for it."
+            )
+    for name, v in given.items():
+        if v.shape[0] != num_particles:
+            raise ValueError(
+                f"init_particles[{name!r}] has leading dimension {v.shape[0]}, "
+                f"expected num_particles={num_particles}."
+            )
+    keys = jax.random.split(rng_key, num_particles)
+    draw = jax.vmap(
+        lambda k, g: _one_prior_draw(model, model_args, model_kwargs, spec, k, g, proposals)
+    )
+    return draw(keys, given)
+
+
+def constrain(model, model_args, model_kwargs, spec, z, discrete=None):
+    """Constrained latent values and deterministic sites for one particle."""
+    discrete = discrete or {}
+    tr = _trace(model, model_args, model_kwargs or {}, _unconstrained_substitute(z, discrete))
+    keep = set(spec.continuous) | set(spec.discrete) | set(spec.deterministic)
+    return {n: s["value"] for n, s in tr.items() if n in keep}
