@@ -48,7 +48,7 @@ def residual(rng_key, log_w, num_samples=None):
     copies = jnp.floor(expected).astype(jnp.int32)
     remainder = expected - copies
     log_rem = jnp.where(remainder > 0, jnp.log(jnp.where(remainder > 0, remainder, 1.0)), -jnp.inf)
-    extra = jnp.sort(jax.random.categorical(rng_key, log_rem, shape=(num_samples,)))
+    extra = jax.random.categorical(rng_key, log_rem, shape=(num_samples,))  # i.i.d.: any slots will do
     fixed = jnp.repeat(jnp.arange(n), copies, total_repeat_length=num_samples)
     slot = jnp.arange(num_samples)
     return jnp.where(slot >= jnp.sum(copies), extra, fixed).astype(jnp.int32)

@@ -1,0 +1,148 @@
+"""The engine on its own: weights, resampling, Langevin increments, schedules."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from numpyro_jarzynski.engine import moves, population, resampling, schedules
+from numpyro_jarzynski.engine import weights as W
+
+
+def test_ess_and_normalisation():
+    lw = jnp.log(jnp.array([1.0, 1.0, 2.0, 0.0]))
+    assert np.isclose(float(jnp.sum(W.normalized_weights(lw))), 1.0)
+    # Kish: (Σw)² / (N Σw²) = 16 / (4 · 6)
+    assert np.isclose(float(W.ess(lw)), 16 / 24, rtol=1e-6)
+    assert np.isclose(float(W.ess(jnp.zeros(7))), 1.0)
+    assert np.isclose(float(W.log_mean_exp(lw)), np.log(4 / 4), atol=1e-6)
+
+
+def test_conditional_ess_and_increment():
+    lw = jnp.log(jnp.array([0.5, 0.25, 0.25]))
+    inc = jnp.log(jnp.array([2.0, 1.0, 4.0]))
+    W_ = np.array([0.5, 0.25, 0.25])
+    v = np.array([2.0, 1.0, 4.0])
+    assert np.isclose(float(W.conditional_ess(lw, inc)), (W_ @ v) ** 2 / (W_ @ v**2), rtol=1e-6)
+    assert np.isclose(float(W.log_evidence_increment(lw, inc)), np.log(W_ @ v), rtol=1e-6)
+    # A zero increment leaves the CESS at 1 whatever the weights.
+    assert np.isclose(float(W.conditional_ess(lw, jnp.zeros(3))), 1.0)
+
+
+def test_dead_particles_are_safe():
+    lw = jnp.array([0.0, -jnp.inf, 1.0])
+    new = W.add_increment(lw, jnp.array([jnp.nan, 1.0, 0.5]))
+    assert np.isneginf(new[0]) and np.isneginf(new[1]) and np.isclose(float(new[2]), 1.5)
+    assert np.isfinite(float(W.ess(new)))
+    x = jnp.array([[1.0], [jnp.nan], [3.0]])
+    assert np.isclose(float(W.weighted_mean(lw, x)[0]), (1 + np.e * 3) / (1 + np.e), rtol=1e-6)
+    pop = population.init_population(x, lw)
+    fixed = population.replace_dead(pop)[0]
+    assert np.all(np.isfinite(np.asarray(fixed.x)))
+
+
+@pytest.mark.parametrize("scheme", sorted(resampling.SCHEMES))
+def test_resampling_is_unbiased(scheme):
+    """E[offspring count_i] = N W_i, checked over R repeats within 5 standard errors."""
+    n, reps = 8, 4000
+    w = np.array([0.3, 0.0, 0.05, 0.15, 0.2, 0.01, 0.09, 0.2])
+    lw = jnp.log(jnp.asarray(w, jnp.float32))
+    fn = resampling.get_scheme(scheme)
+    idx = jax.vmap(lambda k: fn(k, lw, n))(jax.random.split(jax.random.key(0), reps))
+    counts = jax.vmap(lambda i: jnp.bincount(i, length=n))(idx)
+    mean = np.asarray(counts.mean(0))
+    se = np.asarray(counts.std(0)) / np.sqrt(reps) + 1e-3
+    assert np.all(np.abs(mean - n * w) < 5 * se), (mean, n * w)
+    assert counts[:, 1].max() == 0  # zero weight is never chosen
+    if scheme in ("systematic", "stratified", "residual"):
+        # low-variance schemes keep counts within one of N W_i... (systematic exactly)
+        if scheme == "systematic":
+            assert np.all(np.abs(np.asarray(counts) - n * w) < 1 + 1e-6)
+
+
+def test_unknown_scheme_error():
+    with pytest.raises(ValueError, match="Unknown resampling scheme"):
+        resampling.get_scheme("bogus")
+
+
+def test_resampling_banks_evidence():
+    lw = jnp.log(jnp.array([1.0, 3.0, 0.0, 4.0]))
+    pop = population.Population(jnp.arange(4.0)[:, None], lw, jnp.zeros(()))
+    before = float(pop.log_evidence)
+    new, = population.resample(jax.random.key(1), pop)
+    assert np.isclose(float(new.log_evidence), before, atol=1e-6)
+    assert np.all(np.asarray(new.log_weights) == 0)
+    assert 2.0 not in np.asarray(new.x)[:, 0]
+
+
+def _gauss(mu, s):
+    def log_p(x):
+        return -0.5 * jnp.sum(((x - mu) / s) ** 2, -1)
+
+    def grad(x):
+        return -(x - mu) / s**2
+
+    return log_p, grad
+
+
+def test_ula_crooks_increment_is_exact_at_large_step():
+    """One ULA move from ρ_a = N(0, I) to γ_b = unnormalised N(μ, s²I): the weights give
+    Z_b/Z_a and the moments of ρ_b exactly although plain ULA is far off."""
+    d, n, h = 2, 200_000, 0.8
+    mu, s = jnp.array([0.5, -0.3]), 0.8
+    lp_a, g_a = _gauss(0.0, 1.0)
+    lp_b, g_b = _gauss(mu, s)
+    x = jax.random.normal(jax.random.key(0), (n, d))
+    scale = jnp.ones(d)
+    x_new = moves.langevin_proposal(jax.random.key(1), x, g_a(x), h, scale)
+    inc = moves.langevin_log_increment(x, x_new, lp_a(x), g_a(x), lp_b(x_new), g_b(x_new), h, scale)
+    log_ratio = float(W.log_mean_exp(inc))
+    exact = d * np.log(s)  # Z_b / Z_a = s^d for unnormalised Gaussians
+    # Standard error of log mean exp from the weights' ESS.
+    se = 1.0 / np.sqrt(float(W.ess(inc)) * n)
+    assert abs(log_ratio - exact) < 5 * se + 1e-3
+    mean = np.asarray(W.weighted_mean(inc, x_new))
+    var = np.asarray(W.weighted_std(inc, x_new)) ** 2
+    assert np.allclose(mean, mu, atol=0.02) and np.allclose(var, s**2, atol=0.02)
+    assert np.all(np.abs(np.asarray(x_new.var(0)) - s**2) > 0.1)  # unweighted is wrong
+
+
+def test_mala_ratio_equals_same_target_crooks():
+    lp, g = _gauss(0.0, 1.0)
+    x = jax.random.normal(jax.random.key(2), (50_000, 3))
+    x_new = moves.langevin_proposal(jax.random.key(3), x, g(x), 0.3, jnp.ones(3))
+    r = moves.langevin_log_increment(x, x_new, lp(x), g(x), lp(x_new), g(x_new), 0.3, jnp.ones(3))
+    # Detailed balance: E_π[exp(log ratio)] = 1 at stationarity.
+    assert abs(float(W.log_mean_exp(r))) < 0.01
+
+
+def test_schedules_and_bisection():
+    assert np.allclose(schedules.linear(4), [0.25, 0.5, 0.75, 1.0])
+    g = schedules.geometric(5, 1e-4)
+    assert np.isclose(g[0], 1e-4) and np.isclose(g[-1], 1.0)
+    assert np.allclose(schedules.validate([0.0, 0.5, 1.0], 2), [0.5, 1.0])
+    with pytest.raises(ValueError, match="entries but num_warmup"):
+        schedules.validate([0.5, 1.0], 3)
+    with pytest.raises(ValueError, match="end at exactly 1"):
+        schedules.validate([0.5, 0.9], 2)
+    # CESS of (β' − β)·ℓ with ℓ ~ N(0, 1) weights: known closed form exp(-(Δβ)²).
+    ll = jax.random.normal(jax.random.key(0), (200_000,))
+    lw = jnp.zeros_like(ll)
+    fn = lambda b: W.conditional_ess(lw, b * ll)  # noqa: E731
+    beta = schedules.solve_next_beta(fn, 0.0, 0.9)
+    assert np.isclose(float(beta), np.sqrt(-np.log(0.9)), rtol=0.02)
+    assert float(schedules.solve_next_beta(lambda b: 1.0, 0.3, 0.9)) == 1.0
+    # Stall guard: an impossible target still advances by min_increment.
+    assert np.isclose(float(schedules.solve_next_beta(lambda b: 0.0 * b, 0.3, 0.9, 1e-3)), 0.301)
+    with pytest.raises(schedules.ScheduleStalled, match="reached only beta"):
+        schedules.check_progress(0.4, 10, 1e-6)
+
+
+def test_pareto_khat_ranges():
+    n = 4000
+    key = jax.random.key(0)
+    light = 0.1 * jax.random.normal(key, (n,))  # well-matched weights
+    heavy = 1.5 * jnp.log(jax.random.pareto(key, 0.8, (n,)) + 1.0) * 2.0  # heavy tail
+    assert float(W.pareto_khat(light)) < 0.5
+    assert float(W.pareto_khat(heavy)) > 0.7
+    assert np.isneginf(float(W.pareto_khat(jnp.zeros(n))))

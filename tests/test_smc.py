@@ -1,0 +1,269 @@
+"""JarzynskiSMC against exact answers: conjugate evidence and posterior, the ULA correction,
+unequal modes, constrained supports; NumPyro integration; bad inputs.
+
+Independent runs come from ``num_chains`` with ``chain_method="vectorized"`` (one compile)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from numpyro.infer import MCMC
+from scipy.special import gammaln
+
+from numpyro_jarzynski import JarzynskiSMC
+
+D, NOBS = 10, 5
+RUNS = 10
+
+
+def conjugate_model(y):
+    z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([D]).to_event(1))
+    numpyro.sample("y", dist.Normal(z, 1.0).to_event(1), obs=y)
+
+
+def conjugate_truth(y):
+    n = y.shape[0]
+    cov = np.eye(n) + np.ones((n, n))
+    _, logdet = np.linalg.slogdet(cov)
+    prec = np.linalg.inv(cov)
+    log_z = sum(
+        -0.5 * (y[:, j] @ prec @ y[:, j]) - 0.5 * logdet - 0.5 * n * np.log(2 * np.pi)
+        for j in range(y.shape[1])
+    )
+    post_var = 1.0 / (1.0 + n)
+    return log_z, y.sum(0) * post_var, post_var
+
+
+@pytest.fixture(scope="module")
+def data():
+    return np.random.default_rng(0).normal(1.0, 1.0, size=(NOBS, D)).astype(np.float32)
+
+
+def run_smc(kernel, *args, warmup=100, samples=1, chains=RUNS, key=0, **kw):
+    mcmc = MCMC(
+        kernel, num_warmup=warmup, num_samples=samples, num_chains=chains,
+        chain_method="vectorized", progress_bar=False,
+    )
+    mcmc.run(jax.random.key(key), *args, **kw)
+    return mcmc
+
+
+def weighted_moments(mcmc, site):
+    z = np.asarray(mcmc.get_samples(group_by_chain=True)[site][:, -1], np.float64)
+    lw = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["log_weights"][:, -1], np.float64)
+    w = np.exp(lw - lw.max(1, keepdims=True))
+    w /= w.sum(1, keepdims=True)
+    w = w.reshape(w.shape + (1,) * (z.ndim - 2))
+    mean = (w * z).sum(1)
+    var = (w * (z - mean[:, None]) ** 2).sum(1)
+    return mean, var
+
+
+@pytest.mark.parametrize("move", ["mala", "ula"])
+def test_conjugate_gaussian_evidence_and_posterior(data, move):
+    log_z, post_mean, post_var = conjugate_truth(data)
+    mcmc = run_smc(JarzynskiSMC(conjugate_model, num_particles=2000, move=move), data)
+    est = np.asarray(mcmc.last_state.log_evidence, np.float64)
+    err = est - log_z
+    se = est.std(ddof=1) / np.sqrt(RUNS)
+    # Unbiased within Monte Carlo error (4 standard errors) and accurate in absolute terms.
+    assert abs(err.mean()) < 4 * se + 0.02, (err, se)
+    assert np.mean(np.abs(err)) < 0.1, err
+    mean, var = weighted_moments(mcmc, "z")
+    # Posterior sd 0.41, N = 2000, ESS >= 0.3 N: per-run SE of the mean <= 0.017.
+    assert np.abs(mean.mean(0) - post_mean).max() < 4 * mean.std(0).max() / np.sqrt(RUNS) + 0.01
+    assert np.abs(var.mean() - post_var) < 0.01
+    assert mcmc.get_samples()["z"].shape == (RUNS, 2000, D)  # (chains·samples, N, D)
+
+
+def test_ula_correction_is_exact_with_a_large_step(data):
+    """h = 1.2 (preconditioned): plain ULA's stationary variance is 1/(1 − h/2) = 2.5 times
+    the posterior's, yet the weighted variance and the log evidence are right."""
+    y = data[:, :2]
+    log_z, _, post_var = conjugate_truth(y)
+
+    def model(y):
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        numpyro.sample("y", dist.Normal(z, 1.0).to_event(1), obs=y)
+
+    kernel = JarzynskiSMC(
+        model, num_particles=4000, move="ula", step_size=1.2, adapt_step_size=False,
+        num_moves=1, schedule="linear", resample_threshold=0.3,
+    )
+    mcmc = run_smc(kernel, y, warmup=20, chains=8, key=1)
+    z = np.asarray(mcmc.get_samples(group_by_chain=True)["z"][:, -1])
+    assert z.var(1).mean() > 2 * post_var  # the walkers alone are badly off
+    _, var = weighted_moments(mcmc, "z")
+    assert abs(var.mean() - post_var) < 0.015
+    est = np.asarray(mcmc.last_state.log_evidence, np.float64)
+    assert abs(est.mean() - log_z) < 4 * est.std(ddof=1) / np.sqrt(8) + 0.02
+
+
+def test_two_unequal_modes():
+    """Prior N(0, 3² I); likelihood 0.25 N(z; −m, 0.5²) + 0.75 N(z; m, 0.5²) with m = 4 e1.
+    The prior is symmetric so the posterior mode masses are exactly 0.25 / 0.75."""
+    m = jnp.array([4.0, 0.0])
+
+    def model():
+        z = numpyro.sample("z", dist.Normal(0.0, 3.0).expand([2]).to_event(1))
+        comp = jnp.stack(
+            [dist.Normal(-m, 0.5).to_event(1).log_prob(z), dist.Normal(m, 0.5).to_event(1).log_prob(z)]
+        )
+        numpyro.factor("mix", jax.scipy.special.logsumexp(comp + jnp.log(jnp.array([0.25, 0.75]))))
+
+    mcmc = run_smc(JarzynskiSMC(model, num_particles=4000), warmup=60, chains=4)
+    z = np.asarray(mcmc.get_samples(group_by_chain=True)["z"][:, -1, :, 0])
+    lw = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["log_weights"][:, -1])
+    w = np.exp(lw - lw.max(1, keepdims=True))
+    w /= w.sum(1, keepdims=True)
+    light = (w * (z < 0)).sum(1)
+    # Once the modes separate, resampling noise fixes each run's mass (binomial-like,
+    # SD ≈ 0.015 here): the average of the runs must be within 0.03 and 4 SE of the truth.
+    se = light.std(ddof=1) / 2
+    assert abs(light.mean() - 0.25) < min(0.03, 4 * se + 0.005), light
+    assert np.all(np.abs(light - 0.25) < 0.06), light
+    log_z = np.log(sum(p * np.exp(-16 / (2 * 9.25)) / (2 * np.pi * 9.25) for p in (0.25, 0.75)))
+    est = np.asarray(mcmc.last_state.log_evidence)
+    assert np.all(np.abs(est - log_z) < 0.1), (est, log_z)
+
+
+def test_constrained_supports_positive_and_simplex():
+    """Gamma precision with Normal data and a Dirichlet–multinomial: both conjugate, so the
+    evidence and posterior means are exact."""
+    y = np.array([0.3, -1.2, 0.8, 2.0, -0.4, 0.1], np.float32)
+    counts = np.array([3.0, 7.0, 1.0], np.float32)
+    a, b, alpha = 2.0, 1.0, np.array([1.0, 2.0, 1.5])
+
+    def model(y, counts):
+        lam = numpyro.sample("lam", dist.Gamma(a, b))
+        p = numpyro.sample("p", dist.Dirichlet(jnp.asarray(alpha)))
+        numpyro.deterministic("sd", 1 / jnp.sqrt(lam))
+        with numpyro.plate("n", y.shape[0]):
+            numpyro.sample("y", dist.Normal(0.0, 1 / jnp.sqrt(lam)), obs=y)
+        numpyro.sample("c", dist.Multinomial(int(counts.sum()), p), obs=counts)
+
+    n, ss = len(y), float((y**2).sum())
+    log_z_normal = (
+        a * np.log(b) - gammaln(a) + gammaln(a + n / 2) - (a + n / 2) * np.log(b + ss / 2)
+        - n / 2 * np.log(2 * np.pi)
+    )
+    tot = counts.sum()
+    log_z_multi = (
+        gammaln(tot + 1) - gammaln(counts + 1).sum() + gammaln(alpha.sum()) - gammaln(alpha).sum()
+        + gammaln(alpha + counts).sum() - gammaln(alpha.sum() + tot)
+    )
+    mcmc = run_smc(JarzynskiSMC(model, num_particles=2000), y, counts, warmup=40, chains=4)
+    est = np.asarray(mcmc.last_state.log_evidence)
+    assert np.all(np.abs(est - (log_z_normal + log_z_multi)) < 0.1), est
+    samples = mcmc.get_samples(group_by_chain=True)
+    assert set(samples) == {"lam", "p", "sd"}
+    mean_lam, _ = weighted_moments(mcmc, "lam")
+    assert np.allclose(mean_lam, (a + n / 2) / (b + ss / 2), rtol=0.05)
+    mean_p, _ = weighted_moments(mcmc, "p")
+    post = (alpha + counts) / (alpha + counts).sum()
+    assert np.allclose(mean_p, post, atol=0.02)
+    assert np.all(np.asarray(samples["lam"]) > 0)
+    assert np.allclose(np.asarray(samples["p"]).sum(-1), 1.0, atol=1e-5)
+
+
+def test_improper_prior_with_initial_distribution():
+    """z ~ ImproperUniform(ℝ), y ~ N(z, 1): ∫ p(y | z) dz = 1, so log evidence = 0 exactly."""
+
+    def model(y):
+        z = numpyro.sample("z", dist.ImproperUniform(dist.constraints.real, (), ()))
+        numpyro.sample("y", dist.Normal(z, 1.0), obs=y)
+
+    with pytest.raises(ValueError, match="improper prior.*init_particles"):
+        run_smc(JarzynskiSMC(model, num_particles=100), 0.7, warmup=5, chains=1)
+    kernel = JarzynskiSMC(model, num_particles=2000, init_particles={"z": dist.Normal(0.0, 5.0)})
+    mcmc = run_smc(kernel, 0.7, warmup=30, chains=4)
+    est = np.asarray(mcmc.last_state.log_evidence, np.float64)
+    # Weights 1/q at β = 0 make single runs noisy (SD ≈ 0.1): test the mean of the runs.
+    assert abs(est.mean()) < 4 * est.std(ddof=1) / 2 + 0.01 and np.all(np.abs(est) < 0.4), est
+
+
+def test_nan_density_gets_zero_weight_and_all_nan_is_an_error():
+    def model(bad_everywhere=False):
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+        bad = True if bad_everywhere else z > 2.0
+        numpyro.factor("f", jnp.where(bad, jnp.nan, 0.0))
+
+    mcmc = run_smc(JarzynskiSMC(model, num_particles=4000), warmup=5, chains=1)
+    # NaN region carries zero weight: evidence = P(z <= 2) = Φ(2).
+    assert abs(float(mcmc.last_state.log_evidence) - np.log(0.9772499)) < 0.01
+    z = np.asarray(mcmc.get_samples()["z"])
+    lw = np.asarray(mcmc.get_extra_fields()["log_weights"])
+    assert np.all(np.isneginf(lw[z > 2.0])) and np.isfinite(z).all()
+    with pytest.raises(Exception, match="Every particle has zero weight"):
+        run_smc(JarzynskiSMC(model, num_particles=100), warmup=5, chains=1, bad_everywhere=True)
+
+
+def test_same_key_same_result_and_resume(data):
+    kernel = JarzynskiSMC(conjugate_model, num_particles=200)
+    a = run_smc(kernel, data, warmup=20, samples=2, chains=1, key=3)
+    b = run_smc(kernel, data, warmup=20, samples=2, chains=1, key=3)
+    assert np.array_equal(np.asarray(a.get_samples()["z"]), np.asarray(b.get_samples()["z"]))
+    assert float(a.last_state.log_evidence) == float(b.last_state.log_evidence)
+    # Resume at β = 1 from the last state: the stage counter continues, β stays 1.
+    a.post_warmup_state = a.last_state
+    a.run(a.last_state.rng_key, data)
+    assert a.get_samples()["z"].shape == (2, 200, D)
+    assert int(a.last_state.i) == 24 and float(a.last_state.beta) == 1.0
+
+
+def test_jit_model_args_uses_new_data(data):
+    """With jit_model_args=True the density is rebuilt from the arguments of each run."""
+    kernel = JarzynskiSMC(conjugate_model, num_particles=1000)
+    mcmc = MCMC(kernel, num_warmup=40, num_samples=1, jit_model_args=True, progress_bar=False)
+    mcmc.run(jax.random.key(0), data)
+    y2 = data - 2.0
+    mcmc.run(jax.random.key(0), y2)
+    assert abs(float(mcmc.last_state.log_evidence) - conjugate_truth(y2)[0]) < 0.15
+
+
+def test_sequential_chains_shapes_and_extra_fields(data):
+    kernel = JarzynskiSMC(conjugate_model, num_particles=100, schedule="geometric")
+    mcmc = MCMC(kernel, num_warmup=10, num_samples=3, num_chains=2, chain_method="sequential",
+                progress_bar=False)
+    mcmc.run(jax.random.key(0), data, extra_fields=("beta", "ess", "log_evidence", "acceptance_rate"))
+    assert mcmc.get_samples(group_by_chain=True)["z"].shape == (2, 3, 100, D)
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    assert extra["log_weights"].shape == (2, 3, 100)
+    assert np.all(np.asarray(extra["beta"]) == 1.0)
+    hist = mcmc.last_state.history
+    assert hist.beta.shape == (2, 10) and np.allclose(np.asarray(hist.beta[:, -1]), 1.0)
+    assert np.all(np.diff(np.asarray(hist.beta), axis=1) > 0)
+    assert "beta 1.000" in kernel.get_diagnostics_str(jax.tree.map(lambda x: x[0], mcmc.last_state))
+
+
+def _discrete_model():
+    numpyro.sample("k", dist.Poisson(3.0))
+
+
+def test_bad_inputs(data):
+    def no_latent(y):
+        numpyro.sample("y", dist.Normal(0.0, 1.0), obs=y)
+
+    def enum_model():
+        numpyro.sample("c", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
+
+    with pytest.raises(ValueError, match="no latent sample sites"):
+        run_smc(JarzynskiSMC(no_latent, num_particles=10), 1.0, warmup=2, chains=1)
+    with pytest.raises(ValueError, match="'c'.*enumerate"):
+        run_smc(JarzynskiSMC(enum_model, num_particles=10), warmup=2, chains=1)
+    with pytest.raises(ValueError, match="'k'.*infinite"):
+        run_smc(JarzynskiSMC(_discrete_model, num_particles=10), warmup=2, chains=1)
+    with pytest.raises(ValueError, match="num_warmup >= 1"):
+        run_smc(JarzynskiSMC(conjugate_model, num_particles=10), data, warmup=0, chains=1)
+    with pytest.raises(ValueError, match="entries but num_warmup"):
+        run_smc(JarzynskiSMC(conjugate_model, num_particles=10, schedule=[0.5, 1.0]), data,
+                warmup=3, chains=1)
+    with pytest.raises(ValueError, match="move must be"):
+        JarzynskiSMC(conjugate_model, move="hmc")
+    with pytest.raises(ValueError, match="Unknown resampling"):
+        JarzynskiSMC(conjugate_model, resampling="best")
+    with pytest.raises(ValueError, match="prior_factors names"):
+        run_smc(JarzynskiSMC(conjugate_model, num_particles=10, prior_factors=("nope",)), data,
+                warmup=2, chains=1)
