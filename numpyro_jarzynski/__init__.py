@@ -1,6 +1,23 @@
-"""numpyro_jarzynski: sequential Monte Carlo with Jarzynski-corrected weights for NumPyro."""
+"""numpyro_jarzynski: sequential Monte Carlo with Jarzynski-corrected weights for NumPyro.
 
+One engine (:mod:`numpyro_jarzynski.engine`) and thin front-ends: :class:`JarzynskiSMC`
+(posterior inference and log evidence), energy-based models (:mod:`numpyro_jarzynski.ebm`),
+corrected diffusion generation (:mod:`numpyro_jarzynski.interpolants`) and ArviZ
+diagnostics (:mod:`numpyro_jarzynski.diagnostics`).
+"""
+
+from numpyro_jarzynski import diagnostics, engine
+from numpyro_jarzynski.diagnostics import print_summary, summary, to_datatree
 from numpyro_jarzynski.infer import JarzynskiSMC, SMCState
 
 __version__ = "0.1.0"
-__all__ = ["JarzynskiSMC", "SMCState", "__version__"]
+__all__ = [
+    "JarzynskiSMC",
+    "SMCState",
+    "diagnostics",
+    "engine",
+    "print_summary",
+    "summary",
+    "to_datatree",
+    "__version__",
+]

@@ -112,5 +112,6 @@ def pareto_khat(log_w):
     post = post / jnp.sum(post)
     b_post = jnp.sum(b * post)
     k_post = jnp.mean(jnp.log1p(-b_post * x))
-    k_post = (tail * k_post + prior * 0.5) / (tail + prior)
+    prior_k = 10.0  # weakly informative prior on k, as ArviZ / Vehtari et al. (2024)
+    k_post = (tail * k_post + prior_k * 0.5) / (tail + prior_k)
     return jnp.where(has_tail, k_post, -jnp.inf)
