@@ -15,7 +15,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.infer import MCMC
 
-from numpyro_jarzynski import JarzynskiSMC
+from numpyro_jarzynski import JarzynskiSMC, print_summary
 
 PRIOR_SD, NOISE_SD = 2.0, 0.5
 
@@ -54,7 +54,8 @@ def main():
     log_z_runs = np.asarray(mcmc.last_state.log_evidence)
     log_z, post_mean, post_sd = exact_answers(x, y)
 
-    print("\nWeighted posterior (4 independent SMC runs × 2000 particles):")
+    print_summary(mcmc)  # weighted: one row per quantity, not one per particle
+    print("\nWeighted posterior (4 independent SMC runs × 2000 particles) vs exact:")
     print(f"{'':>8} {'mean':>8} {'exact':>8} {'sd':>8} {'exact':>8}")
     for j in range(3):
         print(f"coef[{j}] {mean[j]:8.4f} {post_mean[j]:8.4f} {sd[j]:8.4f} {post_sd[j]:8.4f}")

@@ -9,9 +9,17 @@ diagnostics (:mod:`numpyro_jarzynski.diagnostics`).
 from numpyro_jarzynski import diagnostics, engine
 from numpyro_jarzynski.diagnostics import print_summary, summary, to_datatree
 from numpyro_jarzynski.infer import JarzynskiSMC, SMCState
+from numpyro_jarzynski.interpolants import (
+    GaussianMixtureInterpolant,
+    GenerationResult,
+    InterpolantSampler,
+)
 
 __version__ = "0.1.0"
 __all__ = [
+    "GaussianMixtureInterpolant",
+    "GenerationResult",
+    "InterpolantSampler",
     "JarzynskiSMC",
     "SMCState",
     "diagnostics",
