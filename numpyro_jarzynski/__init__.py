@@ -7,6 +7,7 @@ diagnostics (:mod:`numpyro_jarzynski.diagnostics`).
 """
 
 from numpyro_jarzynski import diagnostics, engine
+from numpyro_jarzynski.distributions import IsingLattice, UniformSpins
 from numpyro_jarzynski.diagnostics import print_summary, summary, to_datatree
 from numpyro_jarzynski.infer import JarzynskiSMC, SMCState
 from numpyro_jarzynski.interpolants import (
@@ -20,8 +21,10 @@ __all__ = [
     "GaussianMixtureInterpolant",
     "GenerationResult",
     "InterpolantSampler",
+    "IsingLattice",
     "JarzynskiSMC",
     "SMCState",
+    "UniformSpins",
     "diagnostics",
     "engine",
     "print_summary",

@@ -145,13 +145,17 @@ def inspect_model(model, model_args=(), model_kwargs=None, prior_factors=(), all
             tempered.append(name)
         if fn.support.is_discrete:
             values = _enumerable_support(fn)
-            if values is None:
+            # A distribution with its own exact tempered sweep (gibbs_sweep, see
+            # numpyro_jarzynski.infer.gibbs) needs no enumerable support.
+            if values is None and not callable(getattr(fn, "gibbs_sweep", None)):
                 raise ValueError(
                     f"Latent site {name!r} has a discrete distribution "
                     f"({type(_unwrap(fn)).__name__}) with infinite or non-enumerable support. "
                     "JarzynskiSMC updates discrete sites by exact Gibbs over their support, so "
                     "the support must be finite: truncate it (e.g. a Categorical over "
-                    "0..K-1), marginalise it out of the model, or supply a custom move."
+                    "0..K-1), marginalise it out of the model, or supply a custom move (a "
+                    "distribution with gibbs_sweep(key, value, beta) and the tempered-site "
+                    "methods; see docs/discrete.md)."
                 )
             if not allow_discrete:
                 raise ValueError(

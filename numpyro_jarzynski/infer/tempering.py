@@ -202,6 +202,9 @@ def _langevin(key, x, cache, beta, h, scale, evaluate, disc):
 
 
 def _mala_moves(key, x, cache, beta, h, scale, evaluate, disc, num_moves):
+    if x.shape[-1] == 0:  # purely discrete model: nothing to move here (Gibbs does it)
+        return x, cache, jnp.ones((), cache.log_prior.dtype)
+
     def body(carry, k):
         x, cache = carry
         k_prop, k_acc = jax.random.split(k)
