@@ -7,8 +7,17 @@ diagnostics (:mod:`numpyro_jarzynski.diagnostics`).
 """
 
 from numpyro_jarzynski import diagnostics, engine
-from numpyro_jarzynski.distributions import IsingLattice, UniformSpins
 from numpyro_jarzynski.diagnostics import print_summary, summary, to_datatree
+from numpyro_jarzynski.distributions import IsingLattice, UniformSpins
+from numpyro_jarzynski.ebm import (
+    BernoulliRBM,
+    EBMTrainer,
+    EnergyBasedDistribution,
+    EnergyDistribution,
+    GaussianBernoulliRBM,
+    TrainResult,
+    TrainState,
+)
 from numpyro_jarzynski.infer import JarzynskiSMC, SMCState
 from numpyro_jarzynski.interpolants import (
     GaussianMixtureInterpolant,
@@ -18,17 +27,24 @@ from numpyro_jarzynski.interpolants import (
 
 __version__ = "0.1.0"
 __all__ = [
+    "BernoulliRBM",
+    "EBMTrainer",
+    "EnergyBasedDistribution",
+    "EnergyDistribution",
+    "GaussianBernoulliRBM",
     "GaussianMixtureInterpolant",
     "GenerationResult",
     "InterpolantSampler",
     "IsingLattice",
     "JarzynskiSMC",
     "SMCState",
+    "TrainResult",
+    "TrainState",
     "UniformSpins",
+    "__version__",
     "diagnostics",
     "engine",
     "print_summary",
     "summary",
     "to_datatree",
-    "__version__",
 ]

@@ -1,0 +1,434 @@
+r"""``EBMTrainer``: fit an energy-based model written as a NumPyro program, SVI-style.
+
+.. code-block:: python
+
+    def model(x):
+        mu = numpyro.param("mu", jnp.array([-1.0, 1.0]))
+        a = numpyro.param("a", jnp.zeros(2))
+        energy = lambda y: -logsumexp(a - 0.5 * (y - mu) ** 2)
+        with numpyro.plate("data", x.shape[0]):
+            numpyro.sample("x", EnergyDistribution(energy, dist.Normal(0.0, 5.0).expand([1]).to_event(1),
+                                                   include_base=False), obs=x[:, None])
+
+    trainer = EBMTrainer(model, optax.adam(0.05), method="jarzynski", num_walkers=512)
+    result = trainer.run(jax.random.key(0), 2000, data, batch_size=256)
+    result.params, result.history["cross_entropy"], result.history["log_z"]
+
+The cross-entropy ``H(θ) = log Z_θ − E_data[log γ_θ(x)]`` (``log γ_θ = −U_θ`` plus the base if
+it is part of the density) has gradient
+
+.. math::  \nabla H = -\mathbb E_{\rm data}[\nabla_\theta \log\gamma_\theta]
+                      + \mathbb E_{\rho_\theta}[\nabla_\theta \log\gamma_\theta],
+
+the second term from the walkers ``Σ_i W_i ∇ log γ_θ(x_i)``. One update, at parameters ``θ_k``:
+
+1. gradient step with optax from the data and the (weighted) walkers: ``θ_k → θ_{k+1}``
+   (``cd`` first restarts the walkers at data points and moves them ``k`` times);
+2. move the walkers with the kernel of ``θ_k`` (block Gibbs for RBMs; ULA for continuous
+   energies, adding its Crooks increment);
+3. ``jarzynski`` only: add ``log γ_{θ_{k+1}}(x) − log γ_{θ_k}(x)`` at the moved walkers and
+   resample (banking ``log Z``) when the ESS is below ``resample_threshold``.
+
+The order matters twice: the work is evaluated *after* the move with ``θ_k`` (design notes
+§3), and at states drawn after ``θ_{k+1}`` was chosen from the walkers (otherwise the gradient
+step, which lowers ``log γ`` at those very walkers, biases ``log Z`` down by ``O(lr/N)`` a step).
+
+The running ``log Z_θ`` is the population's evidence (engine bookkeeping) plus ``log Z_θ0``
+from the initial annealing, so the cross-entropy comes for free. ``pcd`` keeps persistent
+unweighted walkers and ``cd`` (CD-k) restarts them at data: neither can be corrected (a CD
+restart would need the unknown data density), and neither tracks ``log Z`` (NaN in history).
+
+Why a dedicated trainer rather than NumPyro's SVI: SVI's ELBO has no place for the walkers'
+state, ``Trace_ELBO(num_particles>1)`` drops ``mutable`` state, and the data gradient and the
+walker gradient need different samples. The user still writes an ordinary NumPyro model.
+"""
+
+import pickle
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro import handlers
+from numpyro.distributions import constraints
+from numpyro.distributions.transforms import biject_to
+
+from numpyro_jarzynski.ebm import walkers as WK
+from numpyro_jarzynski.ebm.energy import EnergyBasedDistribution
+from numpyro_jarzynski.engine import weights as W
+from numpyro_jarzynski.engine.population import Population, maybe_resample, replace_dead
+
+METHODS = ("jarzynski", "pcd", "cd")
+
+
+class TrainState(NamedTuple):
+    """Everything a run needs to continue exactly: unconstrained params, optimiser state,
+    walkers with their log-weights, the banked ``log Z`` (including ``log Z_θ0``), step, key."""
+
+    params: Any
+    opt_state: Any
+    walkers: jax.Array
+    log_weights: jax.Array
+    log_z_banked: jax.Array
+    step: jax.Array
+    rng_key: jax.Array
+
+
+class TrainResult(NamedTuple):
+    params: dict  # constrained
+    state: TrainState
+    history: dict  # name -> array over steps
+
+
+def _unwrap(fn):
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return fn
+
+
+def _raise(kind, step):
+    step = int(np.max(step))
+    if kind == 1:
+        raise FloatingPointError(
+            f"Step {step}: the energy is NaN or infinite on the data. Lower the learning rate, "
+            "check the energy function for overflow, or clip the parameters."
+        )
+    if kind == 2:
+        raise FloatingPointError(
+            f"Step {step}: every walker has zero weight (NaN/inf energies or a diverging ULA "
+            "move). Lower step_size or the learning rate, or resample more often "
+            "(resample_threshold closer to 1)."
+        )
+
+
+def _check(kind, bad, step):
+    jax.debug.callback(lambda b, s: _raise(kind, s) if np.any(b) else None, bad, step)
+
+
+class EBMTrainer:
+    """Fit the ``numpyro.param`` sites of ``model``, whose data are observed through one energy
+    distribution (:class:`EnergyDistribution`, :class:`BernoulliRBM`,
+    :class:`GaussianBernoulliRBM`), by maximum likelihood with walker-estimated gradients.
+
+    :param model: NumPyro model; its positional/keyword arguments are passed at ``init``,
+        ``update`` and ``run`` (``run`` takes the data as the first one and minibatches it).
+    :param optimizer: an optax ``GradientTransformation``.
+    :param str method: ``"jarzynski"`` (weighted, unbiased), ``"pcd"`` or ``"cd"``.
+    :param int num_walkers: number of walkers N.
+    :param int num_moves: moves per update (Gibbs sweeps, or ULA steps; CD-k uses k = this).
+    :param float step_size: ULA step ``h`` (continuous energies only).
+    :param int num_init_stages: annealing stages from the base to ``θ_0`` at ``init``.
+    :param float resample_threshold: resample when the normalised ESS falls below this.
+    :param resampling: resampling scheme of :mod:`numpyro_jarzynski.engine.resampling`.
+    :param bool self_influence_correction: experimental, ``jarzynski`` only: remove, to first order, each
+        walker's own influence on ``θ_{k+1}`` from its work increment (see
+        :meth:`_self_influence`); costs two per-walker parameter gradients per update.
+    """
+
+    def __init__(self, model, optimizer, *, method="jarzynski", num_walkers=256, num_moves=1,
+                 step_size=0.01, num_init_stages=50, resample_threshold=0.5,
+                 resampling="systematic", self_influence_correction=False):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+        if num_walkers < 2 or num_moves < 1 or num_init_stages < 1:
+            raise ValueError("num_walkers must be >= 2, num_moves and num_init_stages >= 1.")
+        self.model, self.optimizer, self.method = model, optimizer, method
+        self.num_walkers, self.num_moves, self.step_size = num_walkers, num_moves, step_size
+        self.num_init_stages = num_init_stages
+        self.resample_threshold, self.resampling = resample_threshold, resampling
+        self.self_influence_correction = self_influence_correction
+        self._constraints = None
+        self._site = None
+        self._update_jit = jax.jit(self._update)
+        self._anneal_jit = jax.jit(self._anneal)
+        self._steps_jit = jax.jit(self.steps, static_argnums=(2, 3))
+
+    # -- model access --------------------------------------------------------------------------
+    def _inspect(self, args, kwargs):
+        tr = handlers.trace(handlers.seed(self.model, 0)).get_trace(*args, **kwargs)
+        params, cons, sites = {}, {}, []
+        for name, site in tr.items():
+            if site["type"] == "param":
+                c = site["kwargs"].get("constraint", constraints.real)
+                params[name] = biject_to(c).inv(site["value"])
+                cons[name] = c
+            elif site["type"] == "sample":
+                fn = _unwrap(site["fn"])
+                if site["is_observed"] and isinstance(fn, EnergyBasedDistribution):
+                    sites.append(name)
+                elif not site["is_observed"]:
+                    raise ValueError(
+                        f"Site {name!r} is a latent sample site. EBMTrainer fits parameters "
+                        "(numpyro.param) only; make it a param, or fit the model with "
+                        "JarzynskiSMC."
+                    )
+        if len(sites) != 1:
+            raise ValueError(
+                "EBMTrainer needs exactly one observed site whose distribution is an energy "
+                f"model (EnergyDistribution, BernoulliRBM, GaussianBernoulliRBM); found {sites}."
+            )
+        self._constraints, self._site = cons, sites[0]
+        fn, data = _unwrap(tr[sites[0]]["fn"]), tr[sites[0]]["value"]
+        self._check_data(fn, data)
+        return params
+
+    @staticmethod
+    def _check_data(fn, data):
+        data = jnp.asarray(data)
+        nd = len(fn.event_shape)
+        if data.shape[data.ndim - nd:] != fn.event_shape:
+            raise ValueError(f"data events have shape {data.shape}, expected (..., {fn.event_shape}).")
+        inside = np.asarray(fn.support(data))
+        if not inside.all():
+            raise ValueError(
+                f"{int((~inside).sum())} data values lie outside the support of the energy "
+                f"model ({fn.support}); e.g. binarise data for a BernoulliRBM, or choose a base "
+                "distribution whose support contains the data."
+            )
+        if not uses_real_support(fn):
+            return
+        if not np.isfinite(np.asarray(data)).all():
+            raise ValueError("data contain NaN or infinite values.")
+
+    def constrain(self, params):
+        return {n: biject_to(self._constraints[n])(v) for n, v in params.items()}
+
+    def _site_fn(self, params, args, kwargs):
+        tr = handlers.trace(
+            handlers.substitute(handlers.seed(self.model, 0), data=self.constrain(params))
+        ).get_trace(*args, **kwargs)
+        site = tr[self._site]
+        return _unwrap(site["fn"]), jnp.asarray(site["value"])
+
+    # -- SVI-like API --------------------------------------------------------------------------
+    def init(self, rng_key, *args, init_walkers=None, init_log_z=None, **kwargs):
+        """Parameters from the model; walkers by annealing from the base to ``θ_0``.
+
+        If ``ρ_{θ_0}`` can be sampled exactly (e.g. a mixture), pass ``init_walkers`` (shape
+        ``(num_walkers, *event_shape)``, equally weighted) and ``init_log_z`` (its ``log Z``;
+        if omitted, the running ``log Z`` is relative to ``θ_0``). Exact, stratified starts
+        remove the annealing's noise in the relative weights of separated modes, which
+        walkers never cross and which therefore persists through training.
+        """
+        params = self._inspect(args, kwargs)
+        fn, _ = self._site_fn(params, args, kwargs)
+        if not WK.uses_gibbs(fn) and not uses_real_support(fn):
+            raise ValueError(
+                "ULA walkers need a base on the real line (support real or real_vector), got "
+                f"{fn.support}. Reparameterise the data to unconstrained space."
+            )
+        k_init, key = jax.random.split(rng_key)
+        if init_walkers is not None:
+            x = jnp.asarray(init_walkers, jnp.result_type(float))
+            if x.shape != (self.num_walkers,) + fn.event_shape:
+                raise ValueError(
+                    f"init_walkers has shape {x.shape}, expected "
+                    f"{(self.num_walkers,) + fn.event_shape} (num_walkers, *event_shape)."
+                )
+            log_z0 = jnp.asarray(0.0 if init_log_z is None else init_log_z, x.dtype)
+            pop = Population(x, jnp.zeros(self.num_walkers, x.dtype), log_z0)
+        else:
+            pop = self._anneal_jit(k_init, params, args, kwargs)
+        log_z0 = pop.log_evidence
+        if not np.isfinite(float(log_z0)):
+            _raise(2, 0)
+        lw = pop.log_weights if self.method == "jarzynski" else jnp.zeros_like(pop.log_weights)
+        return TrainState(params, self.optimizer.init(params), pop.x, lw,
+                          log_z0 - W.log_mean_exp(lw), jnp.zeros((), jnp.int32), key)
+
+    def _anneal(self, key, params, args, kwargs):
+        fn = self._site_fn(params, args, kwargs)[0]
+        return WK.anneal_from_base(
+            key, fn, self.num_walkers, self.num_init_stages, self.step_size, self.num_moves,
+            self.resample_threshold, self.resampling,
+        )
+
+    def get_params(self, state):
+        return self.constrain(state.params)
+
+    def update(self, state, *args, **kwargs):
+        """One training step; returns ``(state, stats)`` (stats: cross_entropy, log_z, ess,
+        resampled, loss)."""
+        return self._update_jit(state, args, kwargs)
+
+    def _update(self, state, args, kwargs):
+        key, k_cd, k_move, k_res = jax.random.split(state.rng_key, 4)
+        fn_k, data = self._site_fn(state.params, args, kwargs)
+        x = state.walkers
+        if self.method == "cd":  # CD-k: restart at data, k moves, then the gradient
+            flat = data.reshape((-1,) + fn_k.event_shape).astype(x.dtype)
+            x = flat[jax.random.randint(k_cd, (x.shape[0],), 0, flat.shape[0])]
+            x, _ = WK.move(k_move, fn_k, x, self.num_moves, self.step_size)
+        pop = Population(x, state.log_weights, state.log_z_banked)
+        log_z_k = pop.log_evidence
+        # Gradient from the walkers *before* they move: the increment below is then evaluated
+        # at states drawn after θ_{k+1} was chosen (reweighting the very walkers that chose
+        # θ_{k+1} biases log Z by O(lr/N) per step: the gradient step lowers log γ there).
+        (loss, lg_data), grads = self.gradient(state.params, x, pop.log_weights, args, kwargs)
+        _check(1, ~jnp.all(jnp.isfinite(lg_data)), state.step)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        params = jax.tree.map(lambda p, u: p + u, state.params, updates)
+        ess = W.ess(pop.log_weights)
+        resampled = jnp.zeros((), bool)
+        if self.method == "jarzynski":
+            # Move with θ_k (Gibbs: exact; ULA: Crooks increment), then add the work
+            # log γ_{k+1} − log γ_k at the moved state. Moving with θ_{k+1} first is biased.
+            x_old = x
+            x, inc = WK.move(k_move, fn_k, x, self.num_moves, self.step_size)
+            fn_next, _ = self._site_fn(params, args, kwargs)
+            inc = inc + WK.parameter_increment(fn_k, fn_next, x)
+            if self.self_influence_correction:
+                inc = inc + self._self_influence(
+                    state, params, grads, x_old, x, pop.log_weights, args, kwargs
+                )
+            pop = Population(x, W.add_increment(pop.log_weights, inc), pop.log_z_banked)
+            _check(2, ~jnp.any(jnp.isfinite(pop.log_weights)), state.step)
+            ess = W.ess(pop.log_weights)
+            pop, resampled = maybe_resample(k_res, pop, self.resample_threshold, self.resampling)
+            (pop,) = replace_dead(pop)
+        elif self.method == "pcd":
+            x, _ = WK.move(k_move, fn_k, x, self.num_moves, self.step_size)
+            _check(2, ~jnp.all(jnp.isfinite(fn_k.unnormalized_log_prob(x))), state.step)
+            pop = pop._replace(x=x)
+        nan = jnp.full((), jnp.nan, loss.dtype)
+        track = self.method == "jarzynski"
+        stats = {
+            "cross_entropy": log_z_k - jnp.mean(lg_data) if track else nan,
+            "log_z": log_z_k if track else nan,
+            "ess": ess, "resampled": resampled, "loss": loss,
+        }
+        new = TrainState(params, opt_state, pop.x, pop.log_weights, pop.log_z_banked,
+                         state.step + 1, key)
+        return new, stats
+
+    def _per_walker_grads(self, params, x, args, kwargs):
+        def lg(p, xi):
+            return self._site_fn(p, args, kwargs)[0].unnormalized_log_prob(xi)
+
+        return jax.vmap(jax.grad(lg), in_axes=(None, 0))(params, x)
+
+    def _self_influence(self, state, params, grads, x_old, x_new, log_weights, args, kwargs):
+        """First-order leave-one-out correction of the work increment.
+
+        ``θ_{k+1}`` depends on every walker through the gradient, so walker ``i``'s work
+        ``log γ_{θ_{k+1}}(x_i') − log γ_{θ_k}(x_i')`` feels its own contribution
+        ``δg_i = W_i ∇_θ log γ_{θ_k}(x_i)`` (the step lowers ``log γ`` where the walker is).
+        With walkers that mix slowly this biases ``log Z`` and the relative weights by
+        ``O(lr/N)`` per update, much more under Adam. The work is evaluated instead at
+        ``θ^{(−i)} ≈ θ_{k+1} − J_u δg_i`` (``J_u``: Jacobian of the optax update in the
+        gradient, by ``jvp``): the correction is ``−∇_θ log γ_{θ_{k+1}}(x_i') · J_u δg_i``.
+        """
+        w = jax.lax.stop_gradient(W.normalized_weights(log_weights))
+        g_old = self._per_walker_grads(state.params, x_old, args, kwargs)
+        g_new = self._per_walker_grads(params, x_new, args, kwargs)
+
+        def u(g):
+            return self.optimizer.update(g, state.opt_state, state.params)[0]
+
+        def one(w_i, g_i, gn_i):
+            delta = jax.tree.map(lambda t: w_i * t, g_i)
+            du = jax.jvp(u, (grads,), (delta,))[1]
+            # Adam-like updates are not differentiable where g = 0 and v = 0 (|g|'s kink):
+            # those coordinates get no correction.
+            du = jax.tree.map(lambda t: jnp.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0), du)
+            return -sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(gn_i), jax.tree.leaves(du)))
+
+        corr = jax.vmap(one)(w, g_old, g_new)
+        return jnp.where(w > 0, corr, 0.0)
+
+    def gradient(self, params, walkers, log_weights, args=(), kwargs=None):
+        """``((loss, log γ(data)), ∇H)`` with ``∇H = −mean ∇log γ(data) + Σ_i W_i ∇log γ(x_i)``.
+
+        ``loss`` is the surrogate whose gradient is ``∇H`` (its value is not ``H``).
+        """
+        kwargs = kwargs or {}
+        w = jax.lax.stop_gradient(W.normalized_weights(log_weights))
+        x = jax.lax.stop_gradient(walkers)
+
+        def surrogate(p):
+            fn, d = self._site_fn(p, args, kwargs)
+            lg_data = fn.unnormalized_log_prob(d)
+            lg_walk = fn.unnormalized_log_prob(x)
+            return -jnp.mean(lg_data) + jnp.sum(jnp.where(w > 0, w * lg_walk, 0.0)), lg_data
+
+        return jax.value_and_grad(surrogate, has_aux=True)(params)
+
+    def steps(self, state, data, num_steps, batch_size=None, args=(), kwargs=None):
+        """``num_steps`` updates in one ``lax.scan`` (pure: jit it, or vmap it over a stack of
+        states for independent runs). Minibatches are drawn from ``data`` with the state's key.
+        Returns ``(state, stats)`` with stats stacked over steps."""
+        kwargs = kwargs or {}
+        n = data.shape[0]
+
+        def body(state, _):
+            if batch_size is None:
+                batch = data
+            else:
+                k = jax.random.fold_in(state.rng_key, 7)
+                batch = data[jax.random.permutation(k, n)[:batch_size]]
+            return self._update(state, (batch,) + args, kwargs)
+
+        return jax.lax.scan(body, state, None, length=num_steps)
+
+    def run(self, rng_key, num_steps, data, *args, batch_size=None, state=None,
+            progress_bar=True, log_every=None, init_walkers=None, init_log_z=None, **kwargs):
+        """Run ``num_steps`` updates; the model is called as ``model(batch, *args, **kwargs)``.
+
+        Steps run inside ``lax.scan`` chunks of ``log_every`` (default ``num_steps // 20``);
+        the progress bar advances per chunk. Pass ``state`` to resume (``rng_key`` is then
+        ignored): resuming gives the same result as an uninterrupted run.
+        """
+        data = jnp.asarray(data)
+        if batch_size is not None and not 0 < batch_size <= data.shape[0]:
+            raise ValueError(f"batch_size must be in 1..{data.shape[0]}, got {batch_size}.")
+        if state is None:
+            state = self.init(rng_key, data, *args, init_walkers=init_walkers,
+                              init_log_z=init_log_z, **kwargs)
+        elif self._site is None:
+            self._inspect((data,) + args, kwargs)
+        chunk = max(1, log_every or num_steps // 20)
+        sizes = [chunk] * (num_steps // chunk) + ([num_steps % chunk] if num_steps % chunk else [])
+        bar = None
+        if progress_bar:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=num_steps, desc=f"EBM {self.method}")
+        hist = []
+        for size in sizes:
+            state, stats = self._steps_jit(state, data, size, batch_size, args, kwargs)
+            hist.append(stats)
+            if bar is not None:
+                ce = float(stats["cross_entropy"][-1])
+                bar.set_postfix_str(f"H={ce:.3f} ess={float(stats['ess'][-1]):.2f}")
+                bar.update(size)
+        if bar is not None:
+            bar.close()
+        history = {k: np.concatenate([np.asarray(h[k]) for h in hist]) for k in hist[0]}
+        return TrainResult(self.get_params(state), state, history)
+
+    # -- save / resume -------------------------------------------------------------------------
+    @staticmethod
+    def save(path, state):
+        """Write ``state`` to ``path`` (pickle of host arrays; the key as raw key data)."""
+        key = state.rng_key
+        typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        raw = jax.random.key_data(key) if typed else key
+        host = jax.device_get(state._replace(rng_key=raw))
+        with open(path, "wb") as f:
+            pickle.dump({"state": host, "typed_key": bool(typed)}, f)
+
+    @staticmethod
+    def load(path):
+        with open(path, "rb") as f:
+            blob = pickle.load(f)
+        state = jax.tree.map(jnp.asarray, blob["state"])
+        if blob["typed_key"]:
+            state = state._replace(rng_key=jax.random.wrap_key_data(state.rng_key))
+        return state
+
+
+def uses_real_support(fn):
+    s = fn.support
+    return s is constraints.real or s is constraints.real_vector or (
+        isinstance(s, constraints.independent) and s.base_constraint is constraints.real
+    )
