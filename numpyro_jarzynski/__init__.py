@@ -6,6 +6,11 @@ corrected diffusion generation (:mod:`numpyro_jarzynski.interpolants`) and ArviZ
 diagnostics (:mod:`numpyro_jarzynski.diagnostics`).
 """
 
+# NumPyro must be fully imported before ArviZ: importing arviz_base first leaves
+# `numpyro.distributions` without its `distribution` submodule attribute, which breaks
+# `numpyro.factor` (seen with numpyro 0.22 / arviz-base 1.3).
+import numpyro.distributions.distribution  # noqa: F401
+
 from numpyro_jarzynski import diagnostics, engine
 from numpyro_jarzynski.diagnostics import print_summary, summary, to_datatree
 from numpyro_jarzynski.distributions import IsingLattice, UniformSpins

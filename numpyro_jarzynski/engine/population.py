@@ -61,7 +61,9 @@ def replace_dead(pop, *extra):
 
 def resample(rng_key, pop, scheme="systematic", *extra):
     """Resample unconditionally: bank ``lme(A)``, copy ancestors, reset ``A = 0``."""
-    idx = get_scheme(scheme)(rng_key, pop.log_weights, pop.log_weights.shape[0])
+    # Sorted ancestors keep copies of one particle next to each other (order carries no
+    # information; cross-fitted preconditioners rely on copies sharing a half).
+    idx = jnp.sort(get_scheme(scheme)(rng_key, pop.log_weights, pop.log_weights.shape[0]))
     new = Population(
         take(pop.x, idx),
         jnp.zeros_like(pop.log_weights),

@@ -39,7 +39,7 @@ def validate(schedule, num_stages):
     return s
 
 
-def solve_next_beta(cess_fn, beta, target, min_increment=1e-6, num_iter=40):
+def solve_next_beta(cess_fn, beta, target, min_increment=1e-6, num_iter=24):
     """Largest ``β' ∈ (β, 1]`` with ``cess_fn(β') ≥ target``, found by bisection.
 
     ``cess_fn`` maps a candidate ``β'`` to the conditional ESS of the increment it implies.

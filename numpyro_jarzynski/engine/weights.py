@@ -96,8 +96,8 @@ def pareto_khat(log_w):
     if tail < 5:
         raise ValueError(f"pareto_khat needs at least 25 particles, got {n}.")
     lw = jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf)
-    lw = jnp.sort(lw - jnp.max(lw))
-    cutoff = lw[-tail - 1]
+    lw = jnp.flip(jax.lax.top_k(lw - jnp.max(lw), tail + 1)[0])  # ascending, largest last
+    cutoff = lw[0]
     x = jnp.exp(lw[-tail:]) - jnp.exp(cutoff)  # exceedances, ascending
     has_tail = x[-1] > 1e-6 * jnp.exp(lw[-1])
     x = jnp.where(has_tail, x, jnp.linspace(1.0, 2.0, tail))  # placeholder, masked below

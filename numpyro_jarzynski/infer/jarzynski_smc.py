@@ -33,6 +33,7 @@ from numpyro_jarzynski.infer.tempering import (
     ParticleCache,
     SMCState,
     TemperingConfig,
+    check_alive,
     init_state,
     smc_step,
 )
@@ -270,7 +271,7 @@ class JarzynskiSMC(MCMCKernel):
             self._model, model_args, model_kwargs or {}, self._spec, self._unravel,
             self.num_sweeps, self.scan,
         )
-        changes = dict(discrete_move=move)
+        changes = {"discrete_move": move}
         if self._dim == 0:
             # No continuous coordinates: ULA's Crooks increment reduces to the annealing work,
             # which the "mala" stage adds directly (and it skips the empty Langevin moves).
@@ -283,8 +284,10 @@ class JarzynskiSMC(MCMCKernel):
         config = self._finalize_config(self._config, model_args, model_kwargs)
         step = partial(smc_step, evaluate=evaluate, codec=self._codec, config=config)
         if not is_prng_key(state.rng_key):  # chain_method="vectorized": a batch of runs
-            return jax.vmap(step)(state)
-        return step(state)
+            step = jax.vmap(step)
+        new = step(state)
+        check_alive(new.log_weights)
+        return new
 
     def postprocess_fn(self, model_args, model_kwargs):
         spec, model = self._spec, self._model
@@ -302,9 +305,7 @@ class JarzynskiSMC(MCMCKernel):
         return ("z", "log_weights")
 
     def get_diagnostics_str(self, state):
-        return "beta {:.3f}, ess {:.2f}, log Z {:.3f}".format(
-            float(state.beta), float(state.ess), float(state.log_evidence)
-        )
+        return f"beta {float(state.beta):.3f}, ess {float(state.ess):.2f}, log Z {float(state.log_evidence):.3f}"
 
 
 __all__ = ["JarzynskiSMC", "SMCState"]

@@ -21,8 +21,9 @@ adapted between stages toward ``target_accept`` (the MALA acceptance, or for ULA
 acceptance a Metropolis test would have had), from the previous stage's moves only.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -94,7 +95,7 @@ class TemperingConfig:
     move: str = "mala"
     num_moves: int = 2
     num_stages: int = 100
-    schedule: Optional[tuple] = None  # None = adaptive
+    schedule: tuple | None = None  # None = adaptive
     target_ess: float = 0.9
     min_increment: float = 1e-6
     resample_threshold: float = 0.5
@@ -102,7 +103,7 @@ class TemperingConfig:
     adapt_step_size: bool = True
     target_accept: float = 0.65
     max_step_size: float = 1.0
-    discrete_move: Optional[Callable] = None  # (key, beta, x, disc, evaluate_parts) -> disc
+    discrete_move: Callable | None = None  # (key, beta, x, disc, evaluate_parts) -> disc
 
 
 class Codec(NamedTuple):
@@ -124,7 +125,7 @@ def init_state(rng_key, z, log_weights, cache, step_size, num_stages, codec):
         jnp.isfinite(cache.log_prior) & jnp.isfinite(cache.log_lik), W.sanitize(log_weights), -jnp.inf
     )
     pop = Population(x, log_weights, jnp.zeros((), x.dtype))
-    _check_alive(log_weights)
+    check_alive(log_weights)
     pop, cache, z = replace_dead(pop, cache, z)
     dtype = x.dtype
     scale = _scale(pop, jnp.ones(x.shape[-1], dtype))
@@ -158,6 +159,27 @@ def _scale(pop, previous):
     return jnp.where(s > 1e-12, s, previous)
 
 
+def crossfit_scale(pop, fallback):
+    """Per-particle preconditioner ``(N, d)``: each half of the population is scaled by the
+    weighted spread of the *other* half.
+
+    A scale estimated from the particles it then moves feeds each particle's own position
+    back into its kernel. MALA's weights do not depend on the kernel, but ULA's Crooks
+    increment does, and that self-influence biased log Z upward by O(d/N) (+0.85 nat at
+    N = 256, d = 50). Cross-fitting removes the first-order term. Resampled indices are
+    sorted (:func:`numpyro_jarzynski.engine.population.resample`), so copies of one
+    ancestor sit together and land in the same half.
+    """
+    n = pop.log_weights.shape[0]
+    half = n // 2
+    first = Population(pop.x[:half], pop.log_weights[:half], pop.log_z_banked)
+    second = Population(pop.x[half:], pop.log_weights[half:], pop.log_z_banked)
+    s_first = jnp.where(jnp.any(jnp.isfinite(first.log_weights)), _scale(first, fallback), fallback)
+    s_second = jnp.where(jnp.any(jnp.isfinite(second.log_weights)), _scale(second, fallback), fallback)
+    in_first = (jnp.arange(n) < half)[:, None]
+    return jnp.where(in_first, s_second, s_first)
+
+
 def _raise_all_dead(all_dead):
     if bool(all_dead):
         raise FloatingPointError(
@@ -167,8 +189,10 @@ def _raise_all_dead(all_dead):
         )
 
 
-def _check_alive(log_weights):
-    jax.debug.callback(_raise_all_dead, jnp.all(~jnp.isfinite(log_weights)))
+def check_alive(log_weights):
+    """Stop with a clear error if every particle is dead. ``log_weights`` may carry leading
+    batch axes (vectorised runs): one host callback per call, not one per run."""
+    jax.debug.callback(_raise_all_dead, jnp.any(jnp.all(~jnp.isfinite(log_weights), axis=-1)))
 
 
 def _next_beta(config, i, beta_a, cess_of):
@@ -257,10 +281,13 @@ def _ula_moves(key, pop, cache, beta_a, h, scale, evaluate, disc, config, i):
 
 
 def smc_step(state, evaluate, codec, config):
-    """One stage of tempered SMC. ``evaluate(x, disc) -> ParticleCache`` (vmapped)."""
+    """One stage of tempered SMC. ``evaluate(x, disc) -> ParticleCache`` (vmapped).
+
+    Pure and vmappable over independent runs; call :func:`check_alive` on the result's
+    ``log_weights`` to stop when every particle has failed (the kernel does)."""
     key, k_res, k_move, k_disc = jax.random.split(state.rng_key, 4)
     x, disc = codec.split(state.z)
-    i, beta_a, h, scale = state.i, state.beta, state.step_size, state.scale
+    i, beta_a, h = state.i, state.beta, state.step_size
     pop = Population(x, state.log_weights, state.log_z_banked)
     log_z_before = state.log_evidence
 
@@ -272,6 +299,7 @@ def smc_step(state, evaluate, codec, config):
         pop, cache, disc, resampled = maybe_resample(
             k_res, pop, config.resample_threshold, config.resampling, state.cache, disc
         )
+        scale = crossfit_scale(pop, state.scale)
         x, cache, acc = _mala_moves(
             k_move, pop.x, cache, beta_b, h, scale, evaluate, disc, config.num_moves
         )
@@ -280,6 +308,7 @@ def smc_step(state, evaluate, codec, config):
         pop, cache, disc, resampled = maybe_resample(
             k_res, pop, config.resample_threshold, config.resampling, state.cache, disc
         )
+        scale = crossfit_scale(pop, state.scale)
         pop, cache, beta_b, cess, acc = _ula_moves(
             k_move, pop, cache, beta_a, h, scale, evaluate, disc, config, i
         )
@@ -294,7 +323,6 @@ def smc_step(state, evaluate, codec, config):
             )
         )
 
-    _check_alive(pop.log_weights)
     pop, cache, disc = replace_dead(pop, cache, disc)
     log_z = pop.log_evidence
     ess = W.ess(pop.log_weights)
@@ -302,10 +330,10 @@ def smc_step(state, evaluate, codec, config):
     new_h = M.adapt_step_size(h, acc, config.target_accept, max_step=config.max_step_size) if (
         config.adapt_step_size
     ) else h
-    stats = dict(
-        beta=beta_b, ess=ess, cess=cess, log_evidence_increment=log_z - log_z_before,
-        acceptance_rate=acc, step_size=h, resampled=resampled, pareto_khat=khat,
-    )
+    stats = {
+        "beta": beta_b, "ess": ess, "cess": cess, "log_evidence_increment": log_z - log_z_before,
+        "acceptance_rate": acc, "step_size": h, "resampled": resampled, "pareto_khat": khat,
+    }
     idx = jnp.minimum(i, state.history.beta.shape[0] - 1)
     in_warmup = i < config.num_stages
     history = StageHistory(
@@ -329,7 +357,7 @@ def smc_step(state, evaluate, codec, config):
         resampled=resampled,
         pareto_khat=khat,
         cache=cache,
-        scale=_scale(pop, scale),
+        scale=_scale(pop, state.scale),
         history=history,
         rng_key=key,
     )
