@@ -168,17 +168,19 @@ def run_ours(problem, move, keys, n, num_warmup, num_moves, target_ess, repeats)
 
     def loop(chain_keys):
         state = k.init(chain_keys, num_warmup, None, args, {})
-        step = jax.vmap(lambda s: k.sample(s, args, {}))
+        step = lambda s: k.sample(s, args, {})  # noqa: E731  (vmaps over the runs itself)
         state = jax.lax.fori_loop(0, num_warmup + 1, lambda i, s: step(s), state)
         beta_one = jnp.argmax(state.history.beta >= 1.0, axis=-1) + 1  # stages to reach β = 1
         return state.log_evidence, state.z["z"], state.log_weights, beta_one
 
     compiled, compile_s = compile_timed(loop, chain_keys)
     (lz_loop, z, log_w, natural), run_s, cpu_s = run_timed(compiled, chain_keys, repeats=repeats)
-    # Same keys, same kernel functions: the runs agree up to float32 rounding (XLA fuses the
-    # two programs differently, and a rounding change can flip one accept/resample decision).
-    diff = np.abs(np.asarray(lz_loop) - log_z)
-    if np.median(diff) > 1e-3:
+    # Same keys, same kernel functions: most runs agree to float32 rounding, but XLA fuses the
+    # two programs differently and one flipped accept/resample decision sends a run down
+    # another (equally valid) path. So compare the two sets of runs statistically.
+    lz_loop = np.asarray(lz_loop)
+    se = np.sqrt((lz_loop.var(ddof=1) + np.var(log_z, ddof=1)) / len(log_z))
+    if abs(lz_loop.mean() - np.mean(log_z)) > 4 * se + 1e-3:
         raise AssertionError(f"timed loop and MCMC.run disagree: {lz_loop} vs {log_z}")
     stages = num_warmup + 1
     return {
