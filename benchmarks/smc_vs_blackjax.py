@@ -168,7 +168,7 @@ def run_ours(problem, move, keys, n, num_warmup, num_moves, target_ess, repeats)
 
     def loop(chain_keys):
         state = k.init(chain_keys, num_warmup, None, args, {})
-        step = lambda s: k.sample(s, args, {})  # noqa: E731  (vmaps over the runs itself)
+        step = lambda s: k.sample(s, args, {})  # vmaps over the runs itself
         state = jax.lax.fori_loop(0, num_warmup + 1, lambda i, s: step(s), state)
         beta_one = jnp.argmax(state.history.beta >= 1.0, axis=-1) + 1  # stages to reach β = 1
         return state.log_evidence, state.z["z"], state.log_weights, beta_one
@@ -179,6 +179,7 @@ def run_ours(problem, move, keys, n, num_warmup, num_moves, target_ess, repeats)
     # two programs differently and one flipped accept/resample decision sends a run down
     # another (equally valid) path. So compare the two sets of runs statistically.
     lz_loop = np.asarray(lz_loop)
+    diff = np.abs(lz_loop - np.asarray(log_z))
     se = np.sqrt((lz_loop.var(ddof=1) + np.var(log_z, ddof=1)) / len(log_z))
     if abs(lz_loop.mean() - np.mean(log_z)) > 4 * se + 1e-3:
         raise AssertionError(f"timed loop and MCMC.run disagree: {lz_loop} vs {log_z}")
