@@ -64,8 +64,8 @@ def has_gibbs_sweep(fn):
 
 
 def _site_trace(model, model_args, model_kwargs, z, disc):
-    return bridge._trace(
-        model, model_args, model_kwargs or {}, bridge._unconstrained_substitute(z, disc)
+    return bridge.trace_model(
+        model, model_args, model_kwargs or {}, bridge.unconstrained_substitute(z, disc)
     )
 
 
@@ -78,9 +78,9 @@ def _log_density_of_others(model, model_args, model_kwargs, z, disc, exclude):
         if site["type"] != "sample" or name == exclude:
             continue
         if not site["is_observed"] and bridge.is_tempered_site(site["fn"]):
-            total = total + sum(bridge._tempered_parts(site))
+            total = total + sum(bridge.tempered_parts(site))
         else:
-            total = total + bridge._site_log_prob(site)
+            total = total + bridge.site_log_prob(site)
     return total
 
 
@@ -138,7 +138,7 @@ def _site_layout(fn, value_shape, support):
     Returns ``(cand, n_units, unit_size)``: ``cand`` has shape ``(K, n_units, unit_size)``,
     the K support values of every coordinate (a coordinate is one event of the unwrapped
     base distribution)."""
-    unit_event_dim = bridge._unwrap(fn).event_dim
+    unit_event_dim = bridge.unwrap(fn).event_dim
     unit_size = math.prod(value_shape[len(value_shape) - unit_event_dim:])
     n_units = math.prod(value_shape) // max(unit_size, 1)
     support = jnp.asarray(support)

@@ -50,7 +50,7 @@ class ModelSpec:
     discrete_support: dict  # name -> tuple of support values (None if not enumerable)
 
 
-def _unwrap(fn):
+def unwrap(fn):
     while True:
         base = getattr(fn, "base_dist", None)
         if base is None:
@@ -59,7 +59,7 @@ def _unwrap(fn):
 
 
 def _is_improper(fn):
-    return isinstance(_unwrap(fn), dist.ImproperUniform)
+    return isinstance(unwrap(fn), dist.ImproperUniform)
 
 
 def is_tempered_site(fn):
@@ -68,10 +68,10 @@ def is_tempered_site(fn):
 
 
 def _is_factor(site):
-    return isinstance(_unwrap(site["fn"]), dist.Unit)
+    return isinstance(unwrap(site["fn"]), dist.Unit)
 
 
-def _site_log_prob(site):
+def site_log_prob(site):
     value = site["value"]
     if site.get("intermediates"):
         lp = site["fn"].log_prob(value, site["intermediates"])
@@ -91,7 +91,7 @@ def _placeholder(site):
     return t(jnp.zeros(shape))
 
 
-def _trace(model, args, kwargs, substitute_fn=None, rng_seed=0):
+def trace_model(model, args, kwargs, substitute_fn=None, rng_seed=0):
     # A fixed seed makes plate subsamples (and any unsubstituted draw) deterministic, so the
     # tempered target is one fixed function during a run.
     fn = handlers.seed(model, rng_seed=rng_seed)
@@ -122,7 +122,7 @@ def inspect_model(model, model_args=(), model_kwargs=None, prior_factors=(), all
             return _placeholder(site)
         return None
 
-    tr = _trace(model, model_args, model_kwargs, structural)
+    tr = trace_model(model, model_args, model_kwargs, structural)
     continuous, discrete, improper, observed, factors, det, tempered = [], [], [], [], [], [], []
     support = {}
     for name, site in tr.items():
@@ -150,7 +150,7 @@ def inspect_model(model, model_args=(), model_kwargs=None, prior_factors=(), all
             if values is None and not callable(getattr(fn, "gibbs_sweep", None)):
                 raise ValueError(
                     f"Latent site {name!r} has a discrete distribution "
-                    f"({type(_unwrap(fn)).__name__}) with infinite or non-enumerable support. "
+                    f"({type(unwrap(fn)).__name__}) with infinite or non-enumerable support. "
                     "JarzynskiSMC updates discrete sites by exact Gibbs over their support, so "
                     "the support must be finite: truncate it (e.g. a Categorical over "
                     "0..K-1), marginalise it out of the model, or supply a custom move (a "
@@ -186,7 +186,7 @@ def inspect_model(model, model_args=(), model_kwargs=None, prior_factors=(), all
     )
 
 
-def _unconstrained_substitute(z, discrete):
+def unconstrained_substitute(z, discrete):
     def fn(site):
         if site["type"] != "sample" or site["is_observed"]:
             return None
@@ -211,7 +211,7 @@ def _log_det(site, u):
     return ld
 
 
-def _tempered_parts(site):
+def tempered_parts(site):
     fn, value = site["fn"], site["value"]
     base_lp = jnp.sum(fn.tempering_base().log_prob(value))
     tilt = jnp.sum(fn.tempering_log_tilt(value))
@@ -228,20 +228,20 @@ def split_log_density(model, model_args, model_kwargs, spec, z, discrete=None):
     terms not listed in ``spec.prior_factors``. Subsample scales are applied to both.
     """
     discrete = discrete or {}
-    tr = _trace(model, model_args, model_kwargs or {}, _unconstrained_substitute(z, discrete))
+    tr = trace_model(model, model_args, model_kwargs or {}, unconstrained_substitute(z, discrete))
     log_prior = jnp.zeros(())
     log_lik = jnp.zeros(())
     for name, site in tr.items():
         if site["type"] != "sample":
             continue
         if not site["is_observed"] and is_tempered_site(site["fn"]):
-            base_lp, tilt = _tempered_parts(site)
+            base_lp, tilt = tempered_parts(site)
             log_prior = log_prior + base_lp
             log_lik = log_lik + tilt
             if name in z:
                 log_prior = log_prior + _log_det(site, z[name])
             continue
-        lp = _site_log_prob(site)
+        lp = site_log_prob(site)
         if not site["is_observed"]:
             log_prior = log_prior + lp
             if name in z:
@@ -279,7 +279,7 @@ def _one_prior_draw(model, model_args, model_kwargs, spec, rng_key, given, propo
     ).get_trace(*model_args, **(model_kwargs or {}))
     log_w = jnp.zeros(())
     for name, value in drawn.items():
-        log_w = log_w + _site_log_prob(tr[name]) - jnp.sum(proposals[name].log_prob(value))
+        log_w = log_w + site_log_prob(tr[name]) - jnp.sum(proposals[name].log_prob(value))
     z = {n: biject_to(tr[n]["fn"].support).inv(tr[n]["value"]) for n in spec.continuous}
     disc = {n: tr[n]["value"] for n in spec.discrete}
     return z, disc, log_w
@@ -336,6 +336,6 @@ def draw_prior(model, model_args, model_kwargs, spec, rng_key, num_particles, in
 def constrain(model, model_args, model_kwargs, spec, z, discrete=None):
     """Constrained latent values and deterministic sites for one particle."""
     discrete = discrete or {}
-    tr = _trace(model, model_args, model_kwargs or {}, _unconstrained_substitute(z, discrete))
+    tr = trace_model(model, model_args, model_kwargs or {}, unconstrained_substitute(z, discrete))
     keep = set(spec.continuous) | set(spec.discrete) | set(spec.deterministic)
     return {n: s["value"] for n, s in tr.items() if n in keep}

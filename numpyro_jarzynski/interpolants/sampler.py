@@ -7,7 +7,7 @@ network ``−U_θ(t, x)``), its velocity ``b_t`` and a noise level ``ε(t) > 0``
 
 started from ``ρ_0`` has marginals ``ρ_t``. Its Euler–Maruyama discretisation on a grid
 ``0 = t_0 < … < t_K = 1`` is biased by ``O(h)``; carrying the Crooks log-weights ``A`` of
-:mod:`numpyro_jarzynski.interpolants.increments` removes the bias at any ``h``:
+:mod:`numpyro_jarzynski.engine.moves` (``em_log_increment``, ``transport_log_increment``) removes the bias at any ``h``:
 
 .. math::
 
@@ -27,13 +27,13 @@ import numpy as np
 
 from numpyro_jarzynski.engine import moves as M
 from numpyro_jarzynski.engine import weights as W
+from numpyro_jarzynski.engine.moves import em_log_increment, transport_log_increment
 from numpyro_jarzynski.engine.population import (
     init_population,
     maybe_resample,
     replace_dead,
     reweight,
 )
-from numpyro_jarzynski.interpolants.increments import em_log_increment, transport_log_increment
 
 SCHEMES = ("A", "B")
 
