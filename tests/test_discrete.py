@@ -115,7 +115,7 @@ def test_ising_log_z_4x4_and_8x8(sweep):
 
 # ---------------------------------------------------------------- the move alone is exact
 def _move_for(model, args, num_particles, **options):
-    spec = bridge.inspect_model(model, args, {}, allow_discrete=True)
+    spec = bridge.inspect_model(model, args, {})
     unravel = ravel_pytree({})[1]
     move = make_discrete_move(model, args, {}, spec, unravel, **options)
     return jax.jit(move), jnp.zeros((num_particles, 0))

@@ -16,6 +16,7 @@ population. The thin class only bridges to the model; the algorithm is
 """
 
 
+import dataclasses
 from functools import partial
 
 import jax
@@ -28,6 +29,7 @@ from numpyro.util import is_prng_key
 from numpyro_jarzynski.engine import schedules
 from numpyro_jarzynski.engine.resampling import get_scheme
 from numpyro_jarzynski.infer import model_bridge as bridge
+from numpyro_jarzynski.infer.gibbs import make_discrete_move, validate_options
 from numpyro_jarzynski.infer.tempering import (
     Codec,
     ParticleCache,
@@ -120,11 +122,7 @@ class JarzynskiSMC(MCMCKernel):
             raise ValueError(
                 f"schedule must be 'adaptive', 'linear', 'geometric' or an array, got {schedule!r}."
             )
-
-
         get_scheme(resampling)  # validates the name now, not at the first resampling
-        from numpyro_jarzynski.infer.gibbs import validate_options
-
         self.num_sweeps, self.scan = validate_options(num_sweeps, scan)
         self._model = model
         self.num_particles = int(num_particles)
@@ -151,9 +149,6 @@ class JarzynskiSMC(MCMCKernel):
     @property
     def model(self):
         return self._model
-
-    def _allow_discrete(self):
-        return True
 
     def _make_codec(self, z_example):
         spec = self._spec
@@ -191,7 +186,7 @@ class JarzynskiSMC(MCMCKernel):
 
         return evaluate
 
-    def _make_config(self, num_warmup, dim):
+    def _make_config(self, num_warmup):
         if isinstance(self.schedule, str) and self.schedule == "adaptive":
             sched = None
         elif isinstance(self.schedule, str):
@@ -231,7 +226,7 @@ class JarzynskiSMC(MCMCKernel):
             )
         model_kwargs = model_kwargs or {}
         self._spec = bridge.inspect_model(
-            self._model, model_args, model_kwargs, self.prior_factors, self._allow_discrete()
+            self._model, model_args, model_kwargs, self.prior_factors
         )
         if not is_prng_key(rng_key):  # vectorized chains: a batch of keys
             return jax.vmap(lambda k: self._init_one(k, num_warmup, model_args, model_kwargs))(
@@ -249,8 +244,9 @@ class JarzynskiSMC(MCMCKernel):
         self._codec = self._make_codec(z)
         dim = int(sum(np.prod(jnp.shape(z[n])[1:], dtype=int) for n in self._spec.continuous))
         self._dim = dim
-        self._config = self._make_config(num_warmup, dim)
-        self._config = self._finalize_config(self._config, model_args, model_kwargs)
+        # Static settings only: the discrete move is built in `sample` from its own arguments
+        # (a move closed over the init-time arguments would reuse the first data set).
+        self._config = self._make_config(num_warmup)
         evaluate = self._evaluate_fn(model_args, model_kwargs)
         x, disc = self._codec.split(z)
         cache = evaluate(x, disc)
@@ -263,10 +259,6 @@ class JarzynskiSMC(MCMCKernel):
         """Attach the Gibbs move of the discrete sites, built from these model arguments."""
         if not self._spec.discrete:
             return config
-        import dataclasses
-
-        from numpyro_jarzynski.infer.gibbs import make_discrete_move
-
         move = make_discrete_move(
             self._model, model_args, model_kwargs or {}, self._spec, self._unravel,
             self.num_sweeps, self.scan,

@@ -109,7 +109,7 @@ def _enumerable_support(fn):
         return None
 
 
-def inspect_model(model, model_args=(), model_kwargs=None, prior_factors=(), allow_discrete=False):
+def inspect_model(model, model_args=(), model_kwargs=None, prior_factors=()):
     """Classify the model's sites and reject unsupported ones with actionable errors."""
     model_kwargs = model_kwargs or {}
 
@@ -156,11 +156,6 @@ def inspect_model(model, model_args=(), model_kwargs=None, prior_factors=(), all
                     "0..K-1), marginalise it out of the model, or supply a custom move (a "
                     "distribution with gibbs_sweep(key, value, beta) and the tempered-site "
                     "methods; see docs/discrete.md)."
-                )
-            if not allow_discrete:
-                raise ValueError(
-                    f"Latent site {name!r} is discrete; this kernel configuration handles only "
-                    "continuous latent sites."
                 )
             discrete.append(name)
             support[name] = values

@@ -128,7 +128,7 @@ def init_state(rng_key, z, log_weights, cache, step_size, num_stages, codec):
     check_alive(log_weights)
     pop, cache, z = replace_dead(pop, cache, z)
     dtype = x.dtype
-    scale = _scale(pop, jnp.ones(x.shape[-1], dtype))
+    scale = _spread(pop.log_weights, pop.x, jnp.ones(x.shape[-1], dtype))
     h = max(num_stages, 1)
     nan = jnp.full((h,), jnp.nan, dtype)
     history = StageHistory(nan, nan, nan, nan, nan, nan, jnp.zeros((h,), bool), nan)
@@ -154,14 +154,16 @@ def init_state(rng_key, z, log_weights, cache, step_size, num_stages, codec):
     )
 
 
-def _scale(pop, previous):
-    s = W.weighted_std(pop.log_weights, pop.x)
-    return jnp.where(s > 1e-12, s, previous)
+def _spread(log_w, x, fallback):
+    """Weighted per-coordinate spread; ``fallback`` where it is degenerate (all dead → NaN)."""
+    s = W.weighted_std(log_w, x)
+    return jnp.where(s > 1e-12, s, fallback)
 
 
 def crossfit_scale(pop, fallback):
     """Per-particle preconditioner ``(N, d)``: each half of the population is scaled by the
-    weighted spread of the *other* half.
+    weighted spread of the *other* half. Also returns the pooled ``(d,)`` spread, kept in the
+    state as the fallback for the next stage.
 
     A scale estimated from the particles it then moves feeds each particle's own position
     back into its kernel. MALA's weights do not depend on the kernel, but ULA's Crooks
@@ -172,12 +174,10 @@ def crossfit_scale(pop, fallback):
     """
     n = pop.log_weights.shape[0]
     half = n // 2
-    first = Population(pop.x[:half], pop.log_weights[:half], pop.log_z_banked)
-    second = Population(pop.x[half:], pop.log_weights[half:], pop.log_z_banked)
-    s_first = jnp.where(jnp.any(jnp.isfinite(first.log_weights)), _scale(first, fallback), fallback)
-    s_second = jnp.where(jnp.any(jnp.isfinite(second.log_weights)), _scale(second, fallback), fallback)
+    s_first = _spread(pop.log_weights[:half], pop.x[:half], fallback)
+    s_second = _spread(pop.log_weights[half:], pop.x[half:], fallback)
     in_first = (jnp.arange(n) < half)[:, None]
-    return jnp.where(in_first, s_second, s_first)
+    return jnp.where(in_first, s_second, s_first), 0.5 * (s_first + s_second)
 
 
 def _raise_all_dead(all_dead):
@@ -245,7 +245,8 @@ def _mala_moves(key, x, cache, beta, h, scale, evaluate, disc, num_moves):
 
 
 def _ula_moves(key, pop, cache, beta_a, h, scale, evaluate, disc, config, i):
-    """First move γ_a → γ_b (choosing β_b on its exact increment), then moves at β_b."""
+    """First move γ_a → γ_b (``β_b`` chosen on the annealing work, the first move's increment
+    evaluated at it), then ``num_moves − 1`` moves at ``β_b``, each with its Crooks increment."""
     k_first, k_rest = jax.random.split(key)
     x = pop.x
     x_new, c_new = _langevin(k_first, x, cache, beta_a, h, scale, evaluate, disc)
@@ -260,7 +261,7 @@ def _ula_moves(key, pop, cache, beta_a, h, scale, evaluate, disc, config, i):
     inc = increment(beta_b)
     cess = W.conditional_ess(pop.log_weights, inc)
     # Acceptance a Metropolis test at β_b would have had: the increment minus the annealing work.
-    proxy = [jnp.mean(M.mala_accept(k_first, inc - (beta_b - beta_a) * cache.log_lik)[1])]
+    proxy = jnp.mean(M.mala_accept(k_first, inc - (beta_b - beta_a) * cache.log_lik)[1])
     pop = pop._replace(x=x_new, log_weights=W.add_increment(pop.log_weights, inc))
 
     def body(carry, k):
@@ -276,7 +277,7 @@ def _ula_moves(key, pop, cache, beta_a, h, scale, evaluate, disc, config, i):
     (pop, cache), probs = jax.lax.scan(
         body, (pop, c_new), jax.random.split(k_rest, config.num_moves - 1)
     )
-    acc = jnp.mean(jnp.concatenate([jnp.stack(proxy), probs]))
+    acc = jnp.mean(jnp.concatenate([proxy[None], probs]))
     return pop, cache, beta_b, cess, acc
 
 
@@ -299,7 +300,7 @@ def smc_step(state, evaluate, codec, config):
         pop, cache, disc, resampled = maybe_resample(
             k_res, pop, config.resample_threshold, config.resampling, state.cache, disc
         )
-        scale = crossfit_scale(pop, state.scale)
+        scale, pooled_scale = crossfit_scale(pop, state.scale)
         x, cache, acc = _mala_moves(
             k_move, pop.x, cache, beta_b, h, scale, evaluate, disc, config.num_moves
         )
@@ -308,7 +309,7 @@ def smc_step(state, evaluate, codec, config):
         pop, cache, disc, resampled = maybe_resample(
             k_res, pop, config.resample_threshold, config.resampling, state.cache, disc
         )
-        scale = crossfit_scale(pop, state.scale)
+        scale, pooled_scale = crossfit_scale(pop, state.scale)
         pop, cache, beta_b, cess, acc = _ula_moves(
             k_move, pop, cache, beta_a, h, scale, evaluate, disc, config, i
         )
@@ -342,22 +343,17 @@ def smc_step(state, evaluate, codec, config):
             for f, v in stats.items()
         }
     )
+    # The history records the step used at this stage; the state carries the next one.
+    stats["step_size"] = new_h
     return SMCState(
         i=i + 1,
         z=codec.merge(pop.x, disc),
         log_weights=pop.log_weights,
         log_z_banked=pop.log_z_banked,
         log_evidence=log_z,
-        beta=beta_b,
-        ess=ess,
-        cess=cess,
-        log_evidence_increment=log_z - log_z_before,
-        acceptance_rate=acc,
-        step_size=new_h,
-        resampled=resampled,
-        pareto_khat=khat,
         cache=cache,
-        scale=_scale(pop, state.scale),
+        scale=pooled_scale,
         history=history,
         rng_key=key,
+        **stats,
     )
