@@ -52,7 +52,7 @@ def generic_model(n, coupling):
 
 
 def time_sweep(model, n, num_particles, repeats=5):
-    spec = bridge.inspect_model(model, (n, K_C), {}, allow_discrete=True)
+    spec = bridge.inspect_model(model, (n, K_C), {})
     move = jax.jit(make_discrete_move(model, (n, K_C), {}, spec, ravel_pytree({})[1]))
     x = jnp.zeros((num_particles, 0))
     start = jnp.ones((num_particles, n, n)) if model is block_model else jnp.ones(

@@ -11,8 +11,13 @@ diagnostics (:mod:`numpyro_jarzynski.diagnostics`).
 # `numpyro.factor` (seen with numpyro 0.22 / arviz-base 1.3).
 import numpyro.distributions.distribution  # noqa: F401
 
-from numpyro_jarzynski import diagnostics, engine
-from numpyro_jarzynski.diagnostics import print_summary, summary, to_datatree
+from numpyro_jarzynski import _numpyro_hooks, diagnostics, engine  # noqa: F401
+from numpyro_jarzynski.diagnostics import (
+    posterior_samples,
+    print_summary,
+    summary,
+    to_datatree,
+)
 from numpyro_jarzynski.distributions import IsingLattice, UniformSpins
 from numpyro_jarzynski.ebm import (
     BernoulliRBM,
@@ -49,6 +54,7 @@ __all__ = [
     "__version__",
     "diagnostics",
     "engine",
+    "posterior_samples",
     "print_summary",
     "summary",
     "to_datatree",

@@ -1,6 +1,12 @@
 """ArviZ diagnostics for weighted SMC populations: conversion, weighted summary, plots."""
 
-from numpyro_jarzynski.diagnostics.convert import population, stage_dataset, to_datatree
+from numpyro_jarzynski.diagnostics.convert import (
+    population,
+    posterior_samples,
+    run_health,
+    stage_dataset,
+    to_datatree,
+)
 from numpyro_jarzynski.diagnostics.plots import (
     plot_log_weights,
     plot_stages,
@@ -25,7 +31,9 @@ __all__ = [
     "plot_training_history",
     "plot_weighted_marginals",
     "population",
+    "posterior_samples",
     "print_summary",
+    "run_health",
     "stage_dataset",
     "summary",
     "to_datatree",

@@ -25,17 +25,9 @@ from arviz_base import MCMCAdapter
 from arviz_base.io_numpyro import NumPyroConverter
 
 from numpyro_jarzynski.engine.resampling import get_scheme
+from numpyro_jarzynski.infer import report
+from numpyro_jarzynski.infer.tempering import STAGE_FIELDS
 
-STAGE_FIELDS = (
-    "beta",
-    "ess",
-    "cess",
-    "log_evidence_increment",
-    "acceptance_rate",
-    "step_size",
-    "resampled",
-    "pareto_khat",
-)
 STAGE_GROUP = "smc_stages"
 
 
@@ -115,6 +107,41 @@ def population(mcmc, step=-1):
     return pop, log_w[:, s], np.asarray(log_z)
 
 
+def posterior_samples(mcmc, num_samples=None, *, rng_key=None, step=-1, weighted=False):
+    """Posterior draws in the layout ``numpyro.infer.Predictive`` expects.
+
+    ``mcmc.get_samples()`` holds whole weighted populations (``(num_samples, N, ...)``), which
+    ``Predictive`` would read as ``num_samples`` draws of an ``N``-times larger model. This
+    returns, pooled over the runs (chains, equal weight each):
+
+    * by default an **equally weighted** resample, ``{site: (num_samples, ...)}`` (default
+      ``num_samples`` = chains × N), drawn with probabilities ``softmax(log_weights)``, so
+      ``Predictive(model, posterior_samples=posterior_samples(mcmc))`` gives posterior
+      predictive draws;
+    * with ``weighted=True``, ``(samples, log_weights)``: every particle once, ``(C·N, ...)``,
+      with log-weights normalised within each run and offset by ``-log C``; weight what
+      ``Predictive`` returns with ``softmax(log_weights)``.
+
+    .. code-block:: python
+
+        draws = posterior_samples(mcmc, 1000, rng_key=jax.random.key(1))
+        pred = Predictive(model, posterior_samples=draws)(jax.random.key(2), x)
+    """
+    samples, log_w, _ = population(mcmc, step)
+    num_chains, n = log_w.shape
+    flat = {k: v.reshape((num_chains * n,) + v.shape[2:]) for k, v in samples.items()}
+    lw = np.asarray(log_w, np.float64)
+    top = np.max(np.where(np.isfinite(lw), lw, -np.inf), axis=1, keepdims=True)
+    log_norm = lw - (top + np.log(np.sum(np.exp(lw - top), axis=1, keepdims=True)))
+    pooled = (log_norm - np.log(num_chains)).reshape(-1)
+    if weighted:
+        return flat, pooled
+    key = jax.random.key(0) if rng_key is None else rng_key
+    size = num_chains * n if num_samples is None else int(num_samples)
+    idx = np.asarray(jax.random.categorical(key, jnp.asarray(pooled), shape=(size,)))
+    return {k: v[idx] for k, v in flat.items()}
+
+
 def equal_weight_indices(rng_key, log_weights, scheme="systematic"):
     """Ancestor indices ``(chain, N)`` of an equally weighted, randomly permuted resample.
 
@@ -133,6 +160,30 @@ def equal_weight_indices(rng_key, log_weights, scheme="systematic"):
     return np.asarray(jax.vmap(one)(keys, log_w))
 
 
+HEALTH_FIELDS = (
+    "min_ess_before_resampling",
+    "min_unique_ancestors",
+    "min_cess",
+    "num_unsafe_stages",
+    "num_unstable_stages",
+    "num_step_reductions",
+    "num_dead",
+    "max_khat_before_resampling",
+    "suggested_num_warmup",
+    "failed",
+)
+
+
+def run_health(mcmc):
+    """The :class:`~numpyro_jarzynski.infer.report.RunHealth` of every run (chain)."""
+    _check_run(mcmc)
+    sampler = mcmc.sampler
+    return report.run_health(
+        mcmc.last_state, sampler.num_particles, getattr(sampler, "target_ess", 0.9),
+        num_chains=mcmc.num_chains,
+    )
+
+
 def stage_dataset(mcmc):
     """Per-stage diagnostics of the annealing stages as a ``Dataset`` on ``(chain, stage)``."""
     _check_run(mcmc)
@@ -148,6 +199,14 @@ def stage_dataset(mcmc):
         "ess": "normalised Kish ESS after the stage, in (0, 1]",
         "cess": "conditional ESS of the stage's weight increment",
         "step_size": "dimensionless Langevin step used by the stage's moves",
+        "ess_before_resampling": "smallest normalised ESS of the stage before any resampling "
+        "(shows a collapse that resampling hides)",
+        "unique_ancestors": "fraction of distinct ancestors kept by the stage's resamplings",
+        "move_cess": "smallest conditional ESS of the moves' own Crooks increments (1: MH)",
+        "pareto_khat_before_resampling": "PSIS k-hat of the weights after the annealing "
+        "increment, before resampling",
+        "num_dead": "particles that died in the stage (density NaN or infinite)",
+        "resampled": "number of resamplings in the stage",
     }
     ds = xr.Dataset(
         {k: (("chain", "stage"), v, {"description": attrs.get(k, "")}) for k, v in data.items()},
@@ -195,8 +254,14 @@ def to_datatree(
     stats.attrs.update(equally_weighted=int(bool(resampled)), step=int(step))
     tree["sample_stats"] = stats
     tree[STAGE_GROUP] = stage_dataset(mcmc)
+    health = run_health(mcmc)
+    stats = tree["sample_stats"].to_dataset()
+    for field in HEALTH_FIELDS:
+        stats[field] = ("chain", np.asarray([getattr(h, field) for h in health]))
+    stats.attrs["run_report"] = "\n".join(m for h in health for m in report.messages(h))
+    tree["sample_stats"] = stats
     tree.attrs["weighted_population"] = int(not resampled)
     return tree
 
 
-__all__ = ["equal_weight_indices", "population", "stage_dataset", "to_datatree"]
+__all__ = ["equal_weight_indices", "population", "posterior_samples", "run_health", "stage_dataset", "to_datatree"]

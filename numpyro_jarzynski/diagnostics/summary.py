@@ -39,7 +39,8 @@ def pareto_khat(log_weights):
 
     ArviZ's ``psislw`` follows the LOO convention: it takes a log-likelihood and smooths the
     weights ``exp(-log_lik)``, so the log-weights are passed negated. Weights with no tail
-    (uniform, e.g. right after resampling) give ``-inf``; fewer than 25 particles give NaN.
+    (uniform, e.g. right after resampling) give ``-inf``; tied heavy weights (ArviZ's NaN, "far
+    from a generalised Pareto distribution") give ``+inf``; fewer than 25 particles give NaN.
 
     :param log_weights: array ``(..., N)`` of unnormalised log-weights.
     :return: array ``(...)`` of k-hat values; above 0.7 the weighted estimates are unreliable.
@@ -64,6 +65,12 @@ def _khat_one(log_w):
             _, khat = array_stats.psislw(-log_w, r_eff=1.0)
     except ValueError:  # ArviZ: "All tail values are the same"
         return -np.inf
+    # ArviZ gives NaN when more than a quarter of the tail is tied at its cutoff: with a low ESS
+    # a few heavy particles (or copies of one ancestor) carry the weight, the worst case,
+    # reported as +inf so it is flagged; with a healthy ESS (a likelihood with few distinct
+    # values) it stays NaN, as the engine's k-hat does.
+    if np.isnan(khat):
+        return np.inf if float(W.ess(jnp.asarray(log_w))) < 0.5 else np.nan
     return float(khat)
 
 
@@ -118,7 +125,8 @@ class WeightedSummary:
         c, n = len(self.runs), self.num_particles
         return (
             f"JarzynskiSMC: {c} run(s) x {n} particles; "
-            f"log evidence {self.log_evidence:.4f} ± {self.log_evidence_se:.4f} (se over runs)"
+            f"log evidence {self.log_evidence:.4f} ± {self.log_evidence_se:.4f} (se over runs: "
+            "Monte Carlo spread only, blind to a bias all runs share; see the stage checks)"
         )
 
     num_particles = None
@@ -254,6 +262,9 @@ def summary(data, var_names=None, *, step=-1, ci_prob=None, rng_key=None, warn=T
             f"(max {np.max(khat):.2f}): the weighted estimates are unreliable. Use more "
             "particles, more annealing stages (num_warmup) or a higher target_ess."
         )
+    messages.extend(
+        m for m in tree["sample_stats"].attrs.get("run_report", "").split("\n") if m
+    )
     if warn:
         for m in messages:
             warnings.warn(m, UserWarning, stacklevel=2)

@@ -38,12 +38,31 @@ from the initial annealing, so the cross-entropy comes for free. ``pcd`` keeps p
 unweighted walkers and ``cd`` (CD-k) restarts them at data: neither can be corrected (a CD
 restart would need the unknown data density), and neither tracks ``log Z`` (NaN in history).
 
+Failures and health checks. A failure is recorded in the compiled state, as NumPyro's
+``HMCState.diverging`` records a divergence: ``TrainState.failure`` (a code, 0 = healthy) and
+``failed_at`` (the update index). The failing update and every later one in the chunk are
+no-ops, so the state stays the last good one, and :meth:`EBMTrainer.run` (or ``update``) raises
+a plain ``FloatingPointError`` from Python after the compiled chunk returns, with the work
+done so far on ``err.result`` (and ``trainer.last_result``). Three failures stop a run, because
+nothing after them can be finite: the energy is NaN/inf on the data (code 1), every walker has
+zero weight (code 2; ``pcd``: a walker's energy is NaN/inf), the parameters became NaN/inf
+(code 3). Four symptoms of an unstable run are checked after each chunk and *warned*
+(``UserWarning``, once per kind and run; listed in ``TrainResult.problems``), because the state
+is still finite and the run's history is the best evidence of what went wrong:
+
+* a cross-entropy estimate below ``−0.1`` on a discrete support, where ``H ≥ 0`` exactly (the
+  0.1 nat allows for the Monte Carlo noise of ``log Z`` when ``H`` is near 0);
+* parameters that explode: ``max |θ|`` (unconstrained) above ``10³ · max(1, max |θ_0|)``;
+* walker ESS collapse (``jarzynski``): fewer than 3 effective walkers after a work increment;
+* walkers that die (weight zero) during the run, with their count and the first update.
+
 Why a dedicated trainer rather than NumPyro's SVI: SVI's ELBO has no place for the walkers'
 state, ``Trace_ELBO(num_particles>1)`` drops ``mutable`` state, and the data gradient and the
 walker gradient need different samples. The user still writes an ordinary NumPyro model.
 """
 
 import pickle
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -63,7 +82,12 @@ METHODS = ("jarzynski", "pcd", "cd")
 
 class TrainState(NamedTuple):
     """Everything a run needs to continue exactly: unconstrained params, optimiser state,
-    walkers with their log-weights, the banked ``log Z`` (including ``log Z_θ0``), step, key."""
+    walkers with their log-weights, the banked ``log Z`` (including ``log Z_θ0``), step, key.
+
+    ``failure`` is 0 while healthy, else the code of what stopped the run (1: energy NaN/inf on
+    the data, 2: every walker dead, 3: parameters NaN/inf); ``failed_at`` is the update index
+    ``step`` at which it happened (−1: never). A failed state is frozen: later updates are
+    no-ops. (``None`` in states saved before these fields existed: read as healthy.)"""
 
     params: Any
     opt_state: Any
@@ -72,12 +96,15 @@ class TrainState(NamedTuple):
     log_z_banked: jax.Array
     step: jax.Array
     rng_key: jax.Array
+    failure: Any = None
+    failed_at: Any = None
 
 
 class TrainResult(NamedTuple):
     params: dict  # constrained
     state: TrainState
     history: dict  # name -> array over steps
+    problems: tuple = ()  # the warnings issued during the run (one message per kind)
 
 
 def _unwrap(fn):
@@ -86,23 +113,50 @@ def _unwrap(fn):
     return fn
 
 
-def _raise(kind, step):
-    step = int(np.max(step))
-    if kind == 1:
-        raise FloatingPointError(
-            f"Step {step}: the energy is NaN or infinite on the data. Lower the learning rate, "
-            "check the energy function for overflow, or clip the parameters."
+def _with_flags(state):
+    """``state`` with the failure fields filled in (healthy) where they are missing."""
+    if state.failure is None or state.failed_at is None:
+        state = state._replace(
+            failure=jnp.zeros((), jnp.int32), failed_at=jnp.full((), -1, jnp.int32)
         )
-    if kind == 2:
-        raise FloatingPointError(
-            f"Step {step}: every walker has zero weight (NaN/inf energies or a diverging ULA "
-            "move). Lower step_size or the learning rate, or resample more often "
-            "(resample_threshold closer to 1)."
-        )
+    return state
 
 
-def _check(kind, bad, step):
-    jax.debug.callback(lambda b, s: _raise(kind, s) if np.any(b) else None, bad, step)
+def _healthy(state):
+    return state._replace(
+        failure=jnp.zeros_like(state.failure), failed_at=jnp.full_like(state.failed_at, -1)
+    )
+
+
+def _param_max(params):
+    """``max |θ|`` over every (unconstrained) parameter entry; NaN if any entry is NaN."""
+    leaves = [jnp.max(jnp.abs(jnp.ravel(v))) for v in jax.tree.leaves(params) if jnp.size(v)]
+    return jnp.max(jnp.stack(leaves)) if leaves else jnp.zeros(())
+
+
+#: failure code -> (what happened, what to do); pcd words code 2 for its unweighted walkers
+FAILURES = {
+    1: (
+        "the energy is NaN or infinite on the data",
+        ("Lower the learning rate, check the energy function for overflow, or clip the "
+         "parameters."),
+    ),
+    2: (
+        "every walker has zero weight (NaN/inf energies at the walkers, or a diverging ULA move)",
+        ("Lower the learning rate or step_size, check the energy for NaN/overflow away from "
+         "the data, or resample more often (resample_threshold closer to 1)."),
+    ),
+    3: (
+        "the gradient step made the parameters NaN or infinite",
+        ("Lower the learning rate, clip the gradients (e.g. optax.chain("
+         "optax.clip_by_global_norm(1.0), ...)), and check the energy's gradient for "
+         "overflow."),
+    ),
+}
+#: health checks after each chunk (see the module docstring)
+NEGATIVE_CE_TOL = 0.1
+EXPLOSION_FACTOR = 1e3
+MIN_EFFECTIVE_WALKERS = 3.0
 
 
 class EBMTrainer:
@@ -139,6 +193,9 @@ class EBMTrainer:
         self.self_influence_correction = self_influence_correction
         self._constraints = None
         self._site = None
+        self._discrete = False
+        #: the last :class:`TrainResult` of :meth:`run`, also when it raised (the work kept)
+        self.last_result = None
         self._update_jit = jax.jit(self._update)
         self._anneal_jit = jax.jit(self._anneal)
         self._steps_jit = jax.jit(self.steps, static_argnums=(2, 3))
@@ -169,6 +226,7 @@ class EBMTrainer:
             )
         self._constraints, self._site = cons, sites[0]
         fn, data = _unwrap(tr[sites[0]]["fn"]), tr[sites[0]]["value"]
+        self._discrete = bool(fn.support.is_discrete)
         self._check_data(fn, data)
         return params
 
@@ -231,10 +289,16 @@ class EBMTrainer:
             pop = self._anneal_jit(k_init, params, args, kwargs)
         log_z0 = pop.log_evidence
         if not np.isfinite(float(log_z0)):
-            _raise(2, 0)
+            raise FloatingPointError(
+                "init: the annealing from the base to θ_0 left every walker with zero weight "
+                "(NaN/inf energies at the walkers, or a diverging ULA move). Check the energy "
+                "for NaN/overflow, lower step_size, use more num_init_stages, or pass exact "
+                "init_walkers."
+            )
         lw = pop.log_weights if self.method == "jarzynski" else jnp.zeros_like(pop.log_weights)
         return TrainState(params, self.optimizer.init(params), pop.x, lw,
-                          log_z0 - W.log_mean_exp(lw), jnp.zeros((), jnp.int32), key)
+                          log_z0 - W.log_mean_exp(lw), jnp.zeros((), jnp.int32), key,
+                          jnp.zeros((), jnp.int32), jnp.full((), -1, jnp.int32))
 
     def _anneal(self, key, params, args, kwargs):
         fn = self._site_fn(params, args, kwargs)[0]
@@ -248,10 +312,47 @@ class EBMTrainer:
 
     def update(self, state, *args, **kwargs):
         """One training step; returns ``(state, stats)`` (stats: cross_entropy, log_z, ess,
-        resampled, loss)."""
-        return self._update_jit(state, args, kwargs)
+        resampled, loss, param_max, dead).
+
+        Raises ``FloatingPointError`` (from Python, after the compiled step) if the step failed
+        (see :class:`TrainState`); ``err.state`` is the last good state, unchanged."""
+        new, stats = self._update_jit(_with_flags(state), args, kwargs)
+        if int(new.failure):
+            err = FloatingPointError(self._failure_message(new, 0))
+            err.state, err.step = _healthy(new), int(new.failed_at)
+            raise err
+        return new, stats
+
+    def _failure_message(self, state, num_kept):
+        code, k = int(state.failure), int(state.failed_at)
+        what, fix = FAILURES[code]
+        if code == 2 and self.method == "pcd":
+            what = "a walker's energy is NaN or infinite after its move (pcd keeps every walker)"
+        return (
+            f"EBMTrainer ({self.method}): update {k} failed: {what}. {fix} The state is the "
+            f"last good one, before update {k}; the {num_kept} update(s) of this run before it "
+            "are kept in err.result (a TrainResult: params, state, history; also "
+            "trainer.last_result). Resume with run(..., state=err.result.state) after changing "
+            "the settings."
+        )
 
     def _update(self, state, args, kwargs):
+        """One update, frozen (a no-op) once the state has failed; see :class:`TrainState`."""
+        state = _with_flags(state)
+        new, stats, code = self._raw_update(state, args, kwargs)
+        fail_now = (state.failure == 0) & (code != 0)
+        frozen = (state.failure != 0) | fail_now
+        kept = jax.tree.map(lambda a, b: jnp.where(frozen, a, b), state, new)
+        kept = kept._replace(
+            failure=jnp.where(fail_now, code, state.failure).astype(jnp.int32),
+            failed_at=jnp.where(fail_now, state.step, state.failed_at).astype(jnp.int32),
+        )
+        # Stats of a frozen update mean nothing: NaN (floats) or zero (counts, flags).
+        blank = {k: jnp.nan if jnp.issubdtype(v.dtype, jnp.floating) else 0 for k, v in stats.items()}
+        stats = {k: jnp.where(frozen, blank[k], v).astype(v.dtype) for k, v in stats.items()}
+        return kept, stats
+
+    def _raw_update(self, state, args, kwargs):
         key, k_cd, k_move, k_res = jax.random.split(state.rng_key, 4)
         fn_k, data = self._site_fn(state.params, args, kwargs)
         x = state.walkers
@@ -265,11 +366,15 @@ class EBMTrainer:
         # at states drawn after θ_{k+1} was chosen (reweighting the very walkers that chose
         # θ_{k+1} biases log Z by O(lr/N) per step: the gradient step lowers log γ there).
         (loss, lg_data), grads = self.gradient(state.params, x, pop.log_weights, args, kwargs)
-        _check(1, ~jnp.all(jnp.isfinite(lg_data)), state.step)
+        bad_data = ~jnp.all(jnp.isfinite(lg_data))
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = jax.tree.map(lambda p, u: p + u, state.params, updates)
+        param_max = _param_max(params)
+        bad_params = ~jnp.isfinite(param_max)
         ess = W.ess(pop.log_weights)
         resampled = jnp.zeros((), bool)
+        dead = jnp.zeros((), jnp.int32)
+        bad_walkers = jnp.zeros((), bool)
         if self.method == "jarzynski":
             # Move with θ_k (Gibbs: exact; ULA: Crooks increment), then add the work
             # log γ_{k+1} − log γ_k at the moved state. Moving with θ_{k+1} first is biased.
@@ -281,25 +386,29 @@ class EBMTrainer:
                 inc = inc + self._self_influence(
                     state, params, grads, x_old, x, pop.log_weights, args, kwargs
                 )
+            alive = jnp.isfinite(pop.log_weights)
             pop = Population(x, W.add_increment(pop.log_weights, inc), pop.log_z_banked)
-            _check(2, ~jnp.any(jnp.isfinite(pop.log_weights)), state.step)
+            dead = jnp.sum(alive & ~jnp.isfinite(pop.log_weights)).astype(jnp.int32)
+            bad_walkers = ~jnp.any(jnp.isfinite(pop.log_weights))
             ess = W.ess(pop.log_weights)
             pop, resampled = maybe_resample(k_res, pop, self.resample_threshold, self.resampling)
             (pop,) = replace_dead(pop)
         elif self.method == "pcd":
             x, _ = WK.move(k_move, fn_k, x, self.num_moves, self.step_size)
-            _check(2, ~jnp.all(jnp.isfinite(fn_k.unnormalized_log_prob(x))), state.step)
+            bad_walkers = ~jnp.all(jnp.isfinite(fn_k.unnormalized_log_prob(x)))
             pop = pop._replace(x=x)
+        code = jnp.where(bad_data, 1, jnp.where(bad_params, 3, jnp.where(bad_walkers, 2, 0)))
         nan = jnp.full((), jnp.nan, loss.dtype)
         track = self.method == "jarzynski"
         stats = {
             "cross_entropy": log_z_k - jnp.mean(lg_data) if track else nan,
             "log_z": log_z_k if track else nan,
             "ess": ess, "resampled": resampled, "loss": loss,
+            "param_max": param_max.astype(loss.dtype), "dead": dead,
         }
         new = TrainState(params, opt_state, pop.x, pop.log_weights, pop.log_z_banked,
-                         state.step + 1, key)
-        return new, stats
+                         state.step + 1, key, state.failure, state.failed_at)
+        return new, stats, code.astype(jnp.int32)
 
     def _per_walker_grads(self, params, x, args, kwargs):
         def lg(p, xi):
@@ -356,9 +465,14 @@ class EBMTrainer:
     def steps(self, state, data, num_steps, batch_size=None, args=(), kwargs=None):
         """``num_steps`` updates in one ``lax.scan`` (pure: jit it, or vmap it over a stack of
         states for independent runs). Minibatches are drawn from ``data`` with the state's key.
-        Returns ``(state, stats)`` with stats stacked over steps."""
+        Returns ``(state, stats)`` with stats stacked over steps.
+
+        Never raises: a failure is recorded in ``state.failure`` / ``state.failed_at`` and
+        freezes the state (the stats of frozen updates are NaN); :meth:`run` turns it into a
+        ``FloatingPointError``, callers of ``steps`` should check ``state.failure``."""
         kwargs = kwargs or {}
         n = data.shape[0]
+        state = _with_flags(state)
 
         def body(state, _):
             if batch_size is None:
@@ -377,6 +491,13 @@ class EBMTrainer:
         Steps run inside ``lax.scan`` chunks of ``log_every`` (default ``num_steps // 20``);
         the progress bar advances per chunk. Pass ``state`` to resume (``rng_key`` is then
         ignored): resuming gives the same result as an uninterrupted run.
+
+        After each chunk the run is checked (module docstring): a failure recorded in the
+        state raises ``FloatingPointError`` naming the update, with the completed work on
+        ``err.result`` (params and state of the last good update, history up to it); an
+        unstable run (negative cross-entropy on a discrete support, exploding parameters,
+        walker ESS collapse, dead walkers) gives one ``UserWarning`` per kind, listed in
+        ``result.problems``. Either way the result so far is ``trainer.last_result``.
         """
         data = jnp.asarray(data)
         if batch_size is not None and not 0 < batch_size <= data.shape[0]:
@@ -386,6 +507,12 @@ class EBMTrainer:
                               init_log_z=init_log_z, **kwargs)
         elif self._site is None:
             self._inspect((data,) + args, kwargs)
+        state = _with_flags(state)
+        if int(state.failure):
+            raise ValueError(
+                f"state has failed (at update {int(state.failed_at)}) and is frozen; resume "
+                "from the last good state (err.result.state of the FloatingPointError)."
+            )
         chunk = max(1, log_every or num_steps // 20)
         sizes = [chunk] * (num_steps // chunk) + ([num_steps % chunk] if num_steps % chunk else [])
         bar = None
@@ -393,18 +520,96 @@ class EBMTrainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=num_steps, desc=f"EBM {self.method}")
-        hist = []
-        for size in sizes:
-            state, stats = self._steps_jit(state, data, size, batch_size, args, kwargs)
-            hist.append(stats)
+        start, scale0 = int(state.step), float(_param_max(state.params))
+        hist, problems = [], {}
+
+        def result(state):
+            history = {k: np.concatenate([h[k] for h in hist]) for k in hist[0]} if hist else {}
+            out = TrainResult(self.get_params(state), state, history, tuple(problems.values()))
+            self.last_result = out
+            return out
+
+        try:
+            for size in sizes:
+                first = int(state.step)
+                state, stats = self._steps_jit(state, data, size, batch_size, args, kwargs)
+                stats = {k: np.asarray(v) for k, v in jax.device_get(stats).items()}
+                failed = int(state.failure) != 0
+                if failed:  # keep the updates before the failing one; the state is frozen there
+                    stats = {k: v[: int(state.failed_at) - first] for k, v in stats.items()}
+                hist.append(stats)
+                found = self._diagnose(stats, first, scale0, problems)
+                problems.update(found)
+                # trainer.last_result holds the work before any warning (which may be an error
+                # under a warnings filter) or the FloatingPointError below
+                if found or failed:
+                    out = result(_healthy(state) if failed else state)
+                for msg in found.values():
+                    warnings.warn(msg, UserWarning, stacklevel=2)
+                if failed:
+                    kept = int(state.failed_at) - start
+                    err = FloatingPointError(self._failure_message(state, kept))
+                    err.result, err.history, err.state = out, out.history, out.state
+                    err.step = int(state.failed_at)
+                    raise err
+                if bar is not None:
+                    ce = float(stats["cross_entropy"][-1])
+                    bar.set_postfix_str(f"H={ce:.3f} ess={float(stats['ess'][-1]):.2f}")
+                    bar.update(size)
+        finally:
             if bar is not None:
-                ce = float(stats["cross_entropy"][-1])
-                bar.set_postfix_str(f"H={ce:.3f} ess={float(stats['ess'][-1]):.2f}")
-                bar.update(size)
-        if bar is not None:
-            bar.close()
-        history = {k: np.concatenate([np.asarray(h[k]) for h in hist]) for k in hist[0]}
-        return TrainResult(self.get_params(state), state, history)
+                bar.close()
+        return result(state)
+
+    def _diagnose(self, stats, first, scale0, problems):
+        """Check one chunk's stats (host arrays; update ``first`` is row 0) for the problems not
+        yet in ``problems`` (kind -> message); returns the new ones, kind -> message."""
+        found = {}
+        if self._discrete and "negative_ce" not in problems:
+            bad = np.flatnonzero(stats["cross_entropy"] < -NEGATIVE_CE_TOL)
+            if bad.size:
+                i = bad[0]
+                found["negative_ce"] = (
+                    f"EBMTrainer: the cross-entropy estimate is {stats['cross_entropy'][i]:.4g} at "
+                    f"update {first + i}, impossible for data on a discrete support (H >= 0): "
+                    f"the running log Z ({stats['log_z'][i]:.4g}) has drifted and the walkers no "
+                    "longer represent the model. Lower the learning rate, or use more walkers "
+                    "(num_walkers) and more Gibbs sweeps per update (num_moves)."
+                )
+        if "exploding_params" not in problems:
+            limit = EXPLOSION_FACTOR * max(1.0, scale0)
+            bad = np.flatnonzero(stats["param_max"] > limit)
+            if bad.size:
+                i = bad[0]
+                found["exploding_params"] = (
+                    f"EBMTrainer: the parameters exploded: max |θ| (unconstrained) went from "
+                    f"{scale0:.3g} to {stats['param_max'][i]:.4g} by update {first + i} (more than "
+                    f"{EXPLOSION_FACTOR:.0e} x max(1, initial)). The optimiser is unstable: lower "
+                    "the learning rate or clip the gradients (optax.clip_by_global_norm); log Z, "
+                    "the cross-entropy and the walkers of an exploded model are not trustworthy."
+                )
+        if self.method == "jarzynski" and "ess_collapse" not in problems:
+            n_eff = stats["ess"] * self.num_walkers
+            bad = np.flatnonzero(n_eff < MIN_EFFECTIVE_WALKERS)
+            if bad.size:
+                i = bad[0]
+                found["ess_collapse"] = (
+                    f"EBMTrainer: the walker ESS collapsed to {n_eff[i]:.3g} effective walkers "
+                    f"of {self.num_walkers} at update {first + i} (after the work increment, "
+                    "before resampling): the parameters moved too far in one update for the "
+                    "walkers to follow, and log Z and the walker gradient rest on a few "
+                    "walkers. Lower the learning rate, or use more walkers (num_walkers) and "
+                    "more moves per update (num_moves)."
+                )
+        if "dead_walkers" not in problems and stats["dead"].any():
+            i = np.flatnonzero(stats["dead"])[0]
+            found["dead_walkers"] = (
+                f"EBMTrainer: {int(stats['dead'][i])} walker(s) died at update {first + i} "
+                "(weight zero: NaN/inf energy or a diverging ULA move; history['dead'] counts "
+                "them per update). The estimates exclude the region where the energy is not "
+                "finite; if it should not be excluded, fix the energy there, or lower step_size."
+            )
+        return found
 
     # -- save / resume -------------------------------------------------------------------------
     @staticmethod

@@ -59,8 +59,7 @@ def replace_dead(pop, *extra):
     return (pop._replace(x=x),) + tuple(jax.tree.map(fix, e) for e in extra)
 
 
-def resample(rng_key, pop, scheme="systematic", *extra):
-    """Resample unconditionally: bank ``lme(A)``, copy ancestors, reset ``A = 0``."""
+def _resample_with_indices(rng_key, pop, scheme, *extra):
     # Sorted ancestors keep copies of one particle next to each other (order carries no
     # information; cross-fitted preconditioners rely on copies sharing a half).
     idx = jnp.sort(get_scheme(scheme)(rng_key, pop.log_weights, pop.log_weights.shape[0]))
@@ -69,7 +68,48 @@ def resample(rng_key, pop, scheme="systematic", *extra):
         jnp.zeros_like(pop.log_weights),
         pop.log_z_banked + W.log_mean_exp(pop.log_weights),
     )
-    return (new,) + tuple(take(e, idx) for e in extra)
+    return (new,) + tuple(take(e, idx) for e in extra) + (idx,)
+
+
+def resample(rng_key, pop, scheme="systematic", *extra):
+    """Resample unconditionally: bank ``lme(A)``, copy ancestors, reset ``A = 0``."""
+    return _resample_with_indices(rng_key, pop, scheme, *extra)[:-1]
+
+
+class ResampleInfo(NamedTuple):
+    """What one resampling check saw: the normalised ESS *before* it (after resampling the
+    Kish ESS is 1 whatever happened, so this is the number that shows a collapse), whether it
+    resampled, and the number of distinct ancestors it kept (``N`` when it did not)."""
+
+    ess_before: jax.Array
+    resampled: jax.Array
+    num_unique: jax.Array
+
+
+def num_unique_sorted(idx):
+    """Number of distinct entries of a sorted index array."""
+    return 1 + jnp.sum(idx[1:] != idx[:-1])
+
+
+def resample_if(rng_key, pop, threshold, scheme="systematic", *extra):
+    """:func:`maybe_resample` that also reports a :class:`ResampleInfo`.
+
+    Returns ``(population, *extra, info)``.
+    """
+    n = pop.log_weights.shape[0]
+    ess_before = W.ess(pop.log_weights)
+    do = ess_before < threshold
+
+    def yes():
+        *out, idx = _resample_with_indices(rng_key, pop, scheme, *extra)
+        return tuple(out) + (num_unique_sorted(idx),)
+
+    def no():
+        return (pop,) + tuple(extra) + (jnp.asarray(n, jnp.int32),)
+
+    out = jax.lax.cond(do, yes, no)
+    info = ResampleInfo(ess_before, do, out[-1].astype(jnp.int32))
+    return out[:-1] + (info,)
 
 
 def maybe_resample(rng_key, pop, threshold, scheme="systematic", *extra):
@@ -78,10 +118,5 @@ def maybe_resample(rng_key, pop, threshold, scheme="systematic", *extra):
     Returns ``(population, *extra, resampled)``; ``extra`` are per-particle trees (cached
     densities, gradients, discrete states) carried along with the walkers.
     """
-    do = W.ess(pop.log_weights) < threshold
-    out = jax.lax.cond(
-        do,
-        lambda: resample(rng_key, pop, scheme, *extra),
-        lambda: (pop,) + tuple(extra),
-    )
-    return out + (do,)
+    *out, info = resample_if(rng_key, pop, threshold, scheme, *extra)
+    return tuple(out) + (info.resampled,)

@@ -30,9 +30,21 @@ def add_increment(log_w, increment):
     return jnp.where(jnp.isfinite(log_w), new, -jnp.inf)
 
 
+def shifted(log_w):
+    """``A − max(A)`` over the live particles (all dead: unchanged ``-inf``).
+
+    Every weight statistic is computed on the shifted weights: in float32, ``A`` near
+    ``−1e8`` has a resolution of 8 nats, so ``logsumexp(A) − A`` would lose the weights
+    entirely. After the shift the largest log-weight is exactly 0 and nothing is lost.
+    """
+    top = jnp.max(log_w)
+    return jnp.where(jnp.isfinite(top), log_w - jax.lax.stop_gradient(top), log_w)
+
+
 def log_normalize(log_w):
-    """Normalised log-weights ``log W_i = A_i - logsumexp(A)``."""
-    return log_w - logsumexp(log_w)
+    """Normalised log-weights ``log W_i = A_i - logsumexp(A)`` (computed on ``A − max A``)."""
+    a = shifted(log_w)
+    return a - logsumexp(a)
 
 
 def normalized_weights(log_w):
@@ -48,7 +60,8 @@ def log_mean_exp(log_w):
 def ess(log_w):
     """Normalised Kish effective sample size ``1 / (N Σ W_i²)``, in ``(0, 1]``."""
     n = log_w.shape[0]
-    return jnp.exp(2 * logsumexp(log_w) - logsumexp(2 * log_w)) / n
+    a = shifted(log_w)
+    return jnp.exp(2 * logsumexp(a) - logsumexp(2 * a)) / n
 
 
 def conditional_ess(log_w, increment):
@@ -60,6 +73,7 @@ def conditional_ess(log_w, increment):
     """
     log_W = log_normalize(log_w)
     inc = jnp.where(jnp.isfinite(increment), increment, -jnp.inf)
+    inc = shifted(jnp.where(jnp.isfinite(log_W), inc, -jnp.inf))
     return jnp.exp(2 * logsumexp(log_W + inc) - logsumexp(log_W + 2 * inc))
 
 
@@ -90,6 +104,13 @@ def pareto_khat(log_w):
     "Pareto smoothed importance sampling"), as ArviZ's ``psislw`` does it, but in JAX so that
     it can be recorded at every stage inside ``jit``. ``k > 0.7`` means the weights have so heavy
     a tail that weighted estimates are unreliable. Uniform weights (no tail) give ``-inf``.
+
+    When more than a quarter of the tail is tied at the cutoff, no generalised Pareto fit exists
+    (ArviZ returns NaN, "far from a generalised Pareto distribution"). If the normalised ESS is
+    also below 1/2, a few particles (or copies of one ancestor) carry the weight: the result is
+    ``+inf``, so the ``k > 0.7`` check fires rather than being silenced by a NaN. With a healthy
+    ESS the ties come from a likelihood with few distinct values (a lattice model's energies):
+    the result is NaN, "undefined", and the ESS speaks for the weights.
     """
     n = log_w.shape[0]
     tail = int(min(0.2 * n, 3 * n**0.5))
@@ -100,11 +121,14 @@ def pareto_khat(log_w):
     cutoff = lw[0]
     x = jnp.exp(lw[-tail:]) - jnp.exp(cutoff)  # exceedances, ascending
     has_tail = x[-1] > 1e-6 * jnp.exp(lw[-1])
-    x = jnp.where(has_tail, x, jnp.linspace(1.0, 2.0, tail))  # placeholder, masked below
+    q = int(tail / 4 + 0.5) - 1
+    degenerate = has_tail & (x[q] <= x[0])  # ties at the cutoff: no GPD fit exists
+    ok = has_tail & ~degenerate
+    x = jnp.where(ok, x, jnp.linspace(1.0, 2.0, tail))  # placeholder, masked below
     prior = 3.0
     m = 30 + int(tail**0.5)
     b = 1.0 - jnp.sqrt(m / (jnp.arange(1, m + 1) - 0.5))
-    b = b / (prior * x[int(tail / 4 + 0.5) - 1]) + 1.0 / x[-1]
+    b = b / (prior * x[q]) + 1.0 / x[-1]
     k = jnp.mean(jnp.log1p(-b[:, None] * x[None, :]), axis=1)
     log_lik = tail * (jnp.log(-b / k) - k - 1.0)
     post = 1.0 / jnp.sum(jnp.exp(log_lik[None, :] - log_lik[:, None]), axis=1)
@@ -114,4 +138,5 @@ def pareto_khat(log_w):
     k_post = jnp.mean(jnp.log1p(-b_post * x))
     prior_k = 10.0  # weakly informative prior on k, as ArviZ / Vehtari et al. (2024)
     k_post = (tail * k_post + prior_k * 0.5) / (tail + prior_k)
-    return jnp.where(has_tail, k_post, -jnp.inf)
+    tied = jnp.where(ess(log_w) < 0.5, jnp.inf, jnp.nan)
+    return jnp.where(ok, k_post, jnp.where(degenerate, tied, -jnp.inf))

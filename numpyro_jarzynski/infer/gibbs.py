@@ -8,10 +8,15 @@ with ``x`` the continuous and ``s`` the discrete latents. One call of the move m
 :func:`make_discrete_move` does ``num_sweeps`` sweeps over the discrete sites (in model
 order); each site is updated from its exact conditional under ``γ_β``:
 
-* **Generic coordinate sweep** (any site with a finite ``enumerate_support``): for every
-  coordinate ``j`` (one element of the site's batch shape; an event of the unwrapped base
+* **Generic coordinate sweep** (any site whose elements have a finite ``enumerate_support``,
+  including sites written the NumPyro way, ``d.expand(shape).to_event(k)`` or ``.mask(m)``:
+  the ``Independent`` / ``ExpandedDistribution`` / ``MaskedDistribution`` wrappers are
+  unwrapped to the base distribution ``d``, see ``model_bridge.element_distribution``): for
+  every coordinate ``j`` (one element of the site's value; an event of the unwrapped base
   distribution, e.g. a one-hot vector, counts as one coordinate) and every candidate value
-  ``v_k`` of the support, evaluate ``log γ_β`` of the whole model with ``s_j = v_k`` and draw
+  ``v_k`` of the base support, evaluate ``log γ_β`` of the whole model with ``s_j = v_k``
+  (the wrapped site's own log density included, so masks and event sums are respected) and
+  draw
 
   .. math::  P(s_j = v_k \mid \text{rest}) \propto \gamma_\beta(x, s_{-j}, v_k).
 
@@ -136,9 +141,10 @@ def _site_layout(fn, value_shape, support):
     """Per-particle coordinates of a site for the generic sweep.
 
     Returns ``(cand, n_units, unit_size)``: ``cand`` has shape ``(K, n_units, unit_size)``,
-    the K support values of every coordinate (a coordinate is one event of the unwrapped
-    base distribution)."""
-    unit_event_dim = bridge.unwrap(fn).event_dim
+    the K support values of every coordinate (a coordinate is one event of the base
+    distribution under the ``.expand`` / ``.to_event`` / ``.mask`` wrappers, whose
+    per-element support ``inspect_model`` recorded)."""
+    unit_event_dim = bridge.element_distribution(fn).event_dim
     unit_size = math.prod(value_shape[len(value_shape) - unit_event_dim:])
     n_units = math.prod(value_shape) // max(unit_size, 1)
     support = jnp.asarray(support)

@@ -17,6 +17,9 @@ population. The thin class only bridges to the model; the algorithm is
 
 
 import dataclasses
+import hashlib
+import numbers
+import warnings
 from functools import partial
 
 import jax
@@ -29,18 +32,44 @@ from numpyro.util import is_prng_key
 from numpyro_jarzynski.engine import schedules
 from numpyro_jarzynski.engine.resampling import get_scheme
 from numpyro_jarzynski.infer import model_bridge as bridge
+from numpyro_jarzynski.infer import report
 from numpyro_jarzynski.infer.gibbs import make_discrete_move, validate_options
 from numpyro_jarzynski.infer.tempering import (
     Codec,
     ParticleCache,
     SMCState,
     TemperingConfig,
-    check_alive,
     init_state,
     smc_step,
 )
 
 _MOVES = ("ula", "mala")
+# On a Gaussian preconditioned by its own spread the Langevin step x' = (1 − h)x + ... is
+# unstable for h ≥ 2: no user step may reach it.
+STEP_SIZE_LIMIT = 2.0
+FEW_PARTICLES = 100
+MIN_TARGET_ESS = 0.1
+
+
+def _check_count(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be an integer, got {value!r}.")
+    if isinstance(value, numbers.Integral) or float(value).is_integer():
+        value = int(value)
+    else:
+        raise TypeError(
+            f"{name} must be an integer, got {value!r}; it would be silently truncated to "
+            f"{int(value)}. Pass an int."
+        )
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}.")
+    return value
+
+
+def _check_open_unit(name, value, hint=""):
+    if value is None or not isinstance(value, numbers.Real) or not 0.0 < float(value) < 1.0:
+        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}.{hint}")
+    return float(value)
 
 
 class JarzynskiSMC(MCMCKernel):
@@ -94,7 +123,7 @@ class JarzynskiSMC(MCMCKernel):
         num_moves=2,
         schedule="adaptive",
         target_ess=0.9,
-        min_increment=1e-6,
+        min_increment=1e-20,
         resample_threshold=0.5,
         resampling="systematic",
         adapt_step_size=True,
@@ -108,16 +137,46 @@ class JarzynskiSMC(MCMCKernel):
             raise ValueError("JarzynskiSMC needs a NumPyro model (a callable).")
         if move not in _MOVES:
             raise ValueError(f"move must be one of {_MOVES}, got {move!r}.")
-        if int(num_particles) < 2:
-            raise ValueError(f"num_particles must be at least 2, got {num_particles}.")
-        if int(num_moves) < 1:
-            raise ValueError(f"num_moves must be at least 1, got {num_moves}.")
-        if not 0.0 < target_ess < 1.0:
-            raise ValueError(f"target_ess must be in (0, 1), got {target_ess}.")
-        if not 0.0 <= resample_threshold <= 1.0:
+        num_particles = _check_count("num_particles", num_particles, 2)
+        if num_particles < FEW_PARTICLES:
+            warnings.warn(
+                f"num_particles={num_particles} is very few for SMC: the log evidence and the "
+                "weighted posterior from so few particles are dominated by Monte Carlo error "
+                f"and bias. Use at least {FEW_PARTICLES} (typically 1000 or more).",
+                UserWarning,
+                stacklevel=2,
+            )
+        num_moves = _check_count("num_moves", num_moves, 1)
+        target_ess = _check_open_unit("target_ess", target_ess)
+        if target_ess < MIN_TARGET_ESS:
+            raise ValueError(
+                f"target_ess={target_ess} is so small that the adaptive schedule jumps to β = 1 "
+                "almost at once: that is one-shot importance sampling from the prior, whose "
+                f"evidence estimate is unreliable. Use target_ess in [{MIN_TARGET_ESS}, 1); "
+                "0.5-0.95 is usual."
+            )
+        min_increment = _check_open_unit(
+            "min_increment", min_increment,
+            " It is the smallest β step of the adaptive schedule (its stall guard).",
+        )
+        if target_accept is not None:
+            target_accept = _check_open_unit("target_accept", target_accept)
+        if not isinstance(resample_threshold, numbers.Real) or not (
+            0.0 <= resample_threshold <= 1.0
+        ):
             raise ValueError(f"resample_threshold must be in [0, 1], got {resample_threshold}.")
-        if step_size is not None and not step_size > 0:
-            raise ValueError(f"step_size must be positive, got {step_size}.")
+        if step_size is not None:
+            if not isinstance(step_size, numbers.Real) or not np.isfinite(step_size) or not (
+                step_size > 0
+            ):
+                raise ValueError(f"step_size must be a positive number, got {step_size!r}.")
+            if step_size >= STEP_SIZE_LIMIT:
+                raise ValueError(
+                    f"step_size={step_size} is beyond the stability limit of Langevin moves: "
+                    "the step is dimensionless (in units of the particles' spread) and a step "
+                    f"h >= {STEP_SIZE_LIMIT} diverges even on a Gaussian. Use step_size < 1 "
+                    "(or leave it None for the default d^(-1/3) with adaptation)."
+                )
         if isinstance(schedule, str) and schedule not in ("adaptive", "linear", "geometric"):
             raise ValueError(
                 f"schedule must be 'adaptive', 'linear', 'geometric' or an array, got {schedule!r}."
@@ -125,22 +184,24 @@ class JarzynskiSMC(MCMCKernel):
         get_scheme(resampling)  # validates the name now, not at the first resampling
         self.num_sweeps, self.scan = validate_options(num_sweeps, scan)
         self._model = model
-        self.num_particles = int(num_particles)
+        self.num_particles = num_particles
         self.move = move
         self._step_size = step_size
-        self.num_moves = int(num_moves)
+        self.num_moves = num_moves
         self.schedule = schedule
-        self.target_ess = float(target_ess)
-        self.min_increment = float(min_increment)
+        self.target_ess = target_ess
+        self.min_increment = min_increment
         self.resample_threshold = float(resample_threshold)
         self.resampling = resampling
         self.adapt_step_size = bool(adapt_step_size)
         self.target_accept = (
-            float(target_accept) if target_accept is not None else (0.65 if move == "mala" else 0.9)
+            target_accept if target_accept is not None else (0.65 if move == "mala" else 0.9)
         )
         self.init_particles = init_particles
         self.prior_factors = tuple(prior_factors)
         self._sample_fn = None
+        self._data_fingerprint = None
+        self.last_health = None
         self._spec = None
         self._config = None
         self._codec = None
@@ -277,9 +338,9 @@ class JarzynskiSMC(MCMCKernel):
         step = partial(smc_step, evaluate=evaluate, codec=self._codec, config=config)
         if not is_prng_key(state.rng_key):  # chain_method="vectorized": a batch of runs
             step = jax.vmap(step)
-        new = step(state)
-        check_alive(new.log_weights)
-        return new
+        # Failures are recorded in the state (``failed``, ``num_dead``, the stage history) and
+        # reported from Python after the compiled run (numpyro_jarzynski.infer.report).
+        return step(state)
 
     def postprocess_fn(self, model_args, model_kwargs):
         spec, model = self._spec, self._model
@@ -292,12 +353,61 @@ class JarzynskiSMC(MCMCKernel):
 
         return jax.vmap(one)
 
+    # ----------------------------------------------------------------- around mcmc.run
+    # Called by the MCMC.run wrapper (numpyro_jarzynski._numpyro_hooks) in Python, before and
+    # after NumPyro's compiled loop.
+    def _jarzynski_before_run(self, mcmc, args, kwargs, extra_fields):
+        valid = SMCState._fields
+        for name in extra_fields:
+            head = str(name).lstrip("~").split(".")[0]
+            if head not in valid:
+                raise ValueError(
+                    f"extra_fields names {name!r}, which is not a field of the JarzynskiSMC "
+                    f"state. Collectable fields: {', '.join(f for f in valid if f != 'rng_key')}"
+                    " (sub-fields with dots, e.g. 'history.ess')."
+                )
+        resumed = mcmc.post_warmup_state is not None and self._data_fingerprint is not None
+        if resumed and _fingerprint(args, kwargs) != self._data_fingerprint:
+            raise ValueError(
+                "mcmc.post_warmup_state was annealed on different data: its population and "
+                "its log evidence belong to the data of that run, so resuming from it would "
+                "report the old data's evidence. Set mcmc.post_warmup_state = None and run "
+                "again (the warmup anneals from the prior for the new data)."
+            )
+
+    def _jarzynski_after_run(self, mcmc, args, kwargs):
+        if mcmc.post_warmup_state is None:
+            self._data_fingerprint = _fingerprint(args, kwargs)
+        state = mcmc.last_state
+        chains = mcmc.num_chains
+        self.last_health = report.report_run(
+            state, self.num_particles, self.target_ess, num_chains=chains, stacklevel=4
+        )
+
     @property
     def default_fields(self):
         return ("z", "log_weights")
 
     def get_diagnostics_str(self, state):
         return f"beta {float(state.beta):.3f}, ess {float(state.ess):.2f}, log Z {float(state.log_evidence):.3f}"
+
+
+def _fingerprint(args, kwargs):
+    """A hash of the model's data (array bytes, shapes, dtypes, other values' repr)."""
+    h = hashlib.sha1()
+    leaves, treedef = jax.tree.flatten((args, kwargs or {}))
+    h.update(str(treedef).encode())
+    for leaf in leaves:
+        if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+            try:
+                a = np.asarray(leaf)
+            except Exception:  # noqa: BLE001 - an abstract value: nothing to compare
+                return None
+            h.update(str((a.shape, a.dtype)).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        else:
+            h.update(repr(leaf).encode())
+    return h.hexdigest()
 
 
 __all__ = ["JarzynskiSMC", "SMCState"]

@@ -1,24 +1,42 @@
 """The tempering path as pure functions: ``log γ_β(x) = log prior(x) + β log lik(x)``.
 
-One stage takes the weighted population from ``β_a`` to ``β_b`` (fixed schedule, or the
-largest ``β_b`` whose conditional ESS meets ``target_ess``) and moves it:
+One stage takes the weighted population from ``β_a`` to ``β_b`` (fixed schedule, or chosen
+adaptively, see :func:`_choose_beta`) and moves it:
 
 * ``move="mala"`` (invariant kernel): reweight by the annealing work
   ``ΔA = (β_b − β_a) log lik(x)`` at the current state, resample if the ESS is low, then
   ``num_moves`` MALA moves that leave ``ρ_{β_b}`` invariant (no further increment).
 * ``move="ula"`` (not invariant): resample if the ESS is low, then ``num_moves`` unadjusted
   Langevin moves, the first from ``γ_{β_a}`` to ``γ_{β_b}`` and the others at ``β_b``, each
-  adding its Crooks increment (:func:`numpyro_jarzynski.engine.moves.langevin_log_increment`).
-  The density and gradient are kept split into prior and likelihood parts, so the
-  increment for any ``β_b`` costs no extra gradient evaluation.
+  adding its Crooks increment (:func:`numpyro_jarzynski.engine.moves.langevin_log_increment`);
+  between two moves the population is resampled when its ESS falls below the threshold.
+  Once the path has ended (``β_a = 1``), a stage has nothing left to anneal: its moves are
+  the same Langevin proposals with the Metropolis test (the Crooks increment at ``a = b`` is
+  exactly the MH log-ratio), so stages at β = 1 only mix and never add weight noise to the
+  evidence.
 
-Adaptive schedules choose ``β_b`` by bisection so that the conditional ESS of the annealing
-work ``(β_b − β_a) log lik(x)`` equals ``target_ess`` (see :func:`_work_cess`).
+**Choosing β.** The adaptive schedule takes the larger of (i) the largest ``β_b`` whose
+annealing work keeps the conditional ESS at ``target_ess`` (bisection on ``log Δβ``) and
+(ii) the pace that spends what is left of the path evenly over the stages left
+(:func:`numpyro_jarzynski.engine.schedules.budget_pace`), so β reaches 1 at the last warmup
+stage at the latest and there is never a single forced jump. A stage whose conditional ESS
+falls short is recorded, not hidden (``StageHistory.cess``), and the run report says how many
+stages would have been needed.
 
-Step size: moves are preconditioned by the weighted per-coordinate spread of the population
-(diagonal only, see the design notes on adaptation bias) and the dimensionless step ``h`` is
-adapted between stages toward ``target_accept`` (the MALA acceptance, or for ULA the
-acceptance a Metropolis test would have had), from the previous stage's moves only.
+**Step size.** Moves are preconditioned by the weighted per-coordinate spread of the
+population (cross-fitted, diagonal). The dimensionless step ``h`` is adapted between stages
+from the previous stage's moves only: MALA toward ``target_accept``; ULA so that the
+weight noise of a whole stage (its moves' Crooks terms beyond the annealing work, measured by
+their conditional ESS) stays at ``target_accept``: ``h ← h·(log ρ* / log ρ)^{1/3}``, the
+``h³`` law of Langevin's discretisation error. More moves per stage therefore take smaller
+steps instead of adding noise.
+
+**Trouble is recorded, not raised.** Every stage writes its ESS before resampling, the number
+of distinct ancestors it kept, the conditional ESS of every increment it applied, and the
+particles that died, into :class:`StageHistory`. A stage at which every particle dies leaves
+the state as it was (the last good stage) and sets ``failed``; later stages are no-ops. The
+kernel raises and warns from Python after the compiled run
+(:mod:`numpyro_jarzynski.infer.report`).
 """
 
 from collections.abc import Callable
@@ -31,8 +49,13 @@ import numpy as np
 
 from numpyro_jarzynski.engine import moves as M
 from numpyro_jarzynski.engine import weights as W
-from numpyro_jarzynski.engine.population import Population, maybe_resample, replace_dead
-from numpyro_jarzynski.engine.schedules import solve_next_beta
+from numpyro_jarzynski.engine.population import (
+    Population,
+    ResampleInfo,
+    replace_dead,
+    resample_if,
+)
+from numpyro_jarzynski.engine.schedules import budget_pace, solve_next_beta
 
 
 class ParticleCache(NamedTuple):
@@ -50,24 +73,60 @@ class ParticleCache(NamedTuple):
         return self.grad_log_prior + beta * self.grad_log_lik
 
 
+STAGE_FIELDS = (
+    "beta",
+    "ess",
+    "ess_before_resampling",
+    "unique_ancestors",
+    "cess",
+    "move_cess",
+    "log_evidence_increment",
+    "acceptance_rate",
+    "step_size",
+    "resampled",
+    "pareto_khat",
+    "pareto_khat_before_resampling",
+    "num_dead",
+)
+
+
 class StageHistory(NamedTuple):
-    """Per-stage diagnostics of the annealing (warmup) stages, one entry per stage."""
+    """Per-stage diagnostics of the annealing (warmup) stages, one entry per stage.
+
+    ``ess``: normalised Kish ESS after the stage; ``ess_before_resampling``: the smallest ESS
+    the stage saw before any resampling (the number that shows a collapse); ``unique_ancestors``:
+    fraction of distinct ancestors kept by the stage's resamplings (1 if none);
+    ``cess``: conditional ESS of the annealing increment applied at ``beta``;
+    ``move_cess``: smallest conditional ESS of the moves' own Crooks increments (1 for
+    Metropolis-adjusted moves); ``resampled``: number of resamplings in the stage;
+    ``pareto_khat_before_resampling``: k-hat of the weights before resampling;
+    ``num_dead``: particles that died in the stage (density NaN or infinite).
+    """
 
     beta: jax.Array
     ess: jax.Array
+    ess_before_resampling: jax.Array
+    unique_ancestors: jax.Array
     cess: jax.Array
+    move_cess: jax.Array
     log_evidence_increment: jax.Array
     acceptance_rate: jax.Array
     step_size: jax.Array
     resampled: jax.Array
     pareto_khat: jax.Array
+    pareto_khat_before_resampling: jax.Array
+    num_dead: jax.Array
 
 
 class SMCState(NamedTuple):
-    """State of one SMC run; all particles live in one state. Collectable fields:
-    ``z``, ``log_weights``, ``beta``, ``log_evidence``, ``ess``, ``cess``,
-    ``log_evidence_increment``, ``acceptance_rate``, ``step_size``, ``resampled``,
-    ``pareto_khat``."""
+    """State of one SMC run; all particles live in one state.
+
+    Collectable fields (``mcmc.run(..., extra_fields=(...))``): ``z``, ``log_weights``,
+    ``beta``, ``log_evidence``, ``ess``, ``cess``, ``log_evidence_increment``,
+    ``acceptance_rate``, ``step_size``, ``resampled``, ``pareto_khat``, ``num_dead``.
+    ``failed`` is set (and the state frozen at the last good stage) when every particle died at
+    stage ``fail_stage`` while moving to ``fail_beta``.
+    """
 
     i: jax.Array
     z: Any
@@ -82,8 +141,13 @@ class SMCState(NamedTuple):
     step_size: jax.Array
     resampled: jax.Array
     pareto_khat: jax.Array
+    num_dead: jax.Array
     cache: ParticleCache
     scale: jax.Array
+    num_unique: jax.Array  # distinct ancestors left by the last resampling (N if none yet)
+    failed: jax.Array
+    fail_stage: jax.Array
+    fail_beta: jax.Array
     history: StageHistory
     rng_key: jax.Array
 
@@ -97,13 +161,13 @@ class TemperingConfig:
     num_stages: int = 100
     schedule: tuple | None = None  # None = adaptive
     target_ess: float = 0.9
-    min_increment: float = 1e-6
+    min_increment: float = 1e-20
     resample_threshold: float = 0.5
     resampling: Any = "systematic"
     adapt_step_size: bool = True
     target_accept: float = 0.65
     max_step_size: float = 1.0
-    discrete_move: Callable | None = None  # (key, beta, x, disc, evaluate_parts) -> disc
+    discrete_move: Callable | None = None  # (key, beta, x, disc) -> disc
 
 
 class Codec(NamedTuple):
@@ -113,10 +177,19 @@ class Codec(NamedTuple):
     merge: Callable
 
 
+# A population whose last resampling kept fewer distinct ancestors than this has collapsed:
+# its conditional ESS is trivially near 1 for any β, so it cannot certify the next step.
+COLLAPSED_ANCESTORS = 10
+
+
 def _khat(log_w):
     if log_w.shape[0] < 25:
         return jnp.full((), jnp.nan, log_w.dtype)
     return W.pareto_khat(log_w)
+
+
+def _finite(v):
+    return jnp.where(jnp.isfinite(v), v, -jnp.inf)
 
 
 def init_state(rng_key, z, log_weights, cache, step_size, num_stages, codec):
@@ -125,13 +198,17 @@ def init_state(rng_key, z, log_weights, cache, step_size, num_stages, codec):
         jnp.isfinite(cache.log_prior) & jnp.isfinite(cache.log_lik), W.sanitize(log_weights), -jnp.inf
     )
     pop = Population(x, log_weights, jnp.zeros((), x.dtype))
-    check_alive(log_weights)
+    all_dead = jnp.all(~jnp.isfinite(log_weights))
     pop, cache, z = replace_dead(pop, cache, z)
     dtype = x.dtype
+    n = log_weights.shape[0]
     scale = _spread(pop.log_weights, pop.x, jnp.ones(x.shape[-1], dtype))
     h = max(num_stages, 1)
     nan = jnp.full((h,), jnp.nan, dtype)
-    history = StageHistory(nan, nan, nan, nan, nan, nan, jnp.zeros((h,), bool), nan)
+    history = StageHistory(
+        **{f: (jnp.zeros((h,), jnp.int32) if f in ("resampled", "num_dead") else nan)
+           for f in STAGE_FIELDS}
+    )
     zero = jnp.zeros((), dtype)
     return SMCState(
         i=jnp.zeros((), jnp.int32),
@@ -145,10 +222,15 @@ def init_state(rng_key, z, log_weights, cache, step_size, num_stages, codec):
         log_evidence_increment=zero,
         acceptance_rate=zero,
         step_size=jnp.asarray(step_size, dtype),
-        resampled=jnp.zeros((), bool),
+        resampled=jnp.zeros((), jnp.int32),
         pareto_khat=_khat(pop.log_weights),
+        num_dead=jnp.sum(~jnp.isfinite(log_weights)).astype(jnp.int32),
         cache=cache,
         scale=scale,
+        num_unique=jnp.asarray(n, jnp.int32),
+        failed=all_dead,
+        fail_stage=jnp.where(all_dead, 0, -1).astype(jnp.int32),
+        fail_beta=zero,
         history=history,
         rng_key=rng_key,
     )
@@ -180,33 +262,25 @@ def crossfit_scale(pop, fallback):
     return jnp.where(in_first, s_second, s_first), 0.5 * (s_first + s_second)
 
 
-def _raise_all_dead(all_dead):
-    if bool(all_dead):
-        raise FloatingPointError(
-            "Every particle has zero weight: the model's log density is NaN or infinite at all "
-            "of them. Check the model for invalid parameter values, an initial distribution "
-            "that misses the posterior, or a step size so large that the moves diverge."
-        )
+def _choose_beta(config, state, cess_of):
+    """Target ``β_b`` of stage ``i``.
 
-
-def check_alive(log_weights):
-    """Stop with a clear error if every particle is dead. ``log_weights`` may carry leading
-    batch axes (vectorised runs): one host callback per call, not one per run."""
-    jax.debug.callback(_raise_all_dead, jnp.any(jnp.all(~jnp.isfinite(log_weights), axis=-1)))
-
-
-def _next_beta(config, i, beta_a, cess_of):
-    """Target of stage ``i``: fixed schedule, or adaptive; β = 1 from the last warmup stage on."""
-    last = i >= config.num_stages - 1
+    Fixed schedules: their entry (1 after warmup). Adaptive: the larger of the CESS-targeted
+    step and the budget pace (module docstring); a collapsed population (its last resampling
+    kept fewer than :data:`COLLAPSED_ANCESTORS` ancestors) cannot certify a CESS step, so it
+    follows the pace only. β = 1 from the last warmup stage on (the pace gives 1 there).
+    """
+    i, beta_a = state.i, state.beta
+    after = i >= config.num_stages
     if config.schedule is not None:
         sched = jnp.asarray(np.asarray(config.schedule), beta_a.dtype)
-        return jnp.where(last, 1.0, sched[jnp.minimum(i, config.num_stages - 1)])
-    beta_b = solve_next_beta(cess_of, beta_a, config.target_ess, config.min_increment)
-    return jnp.where(last, 1.0, beta_b)
-
-
-def _finite(v):
-    return jnp.where(jnp.isfinite(v), v, -jnp.inf)
+        return jnp.where(after, 1.0, sched[jnp.minimum(i, config.num_stages - 1)])
+    bisect = solve_next_beta(cess_of, beta_a, config.target_ess, config.min_increment)
+    remaining = (config.num_stages - i).astype(beta_a.dtype)
+    pace = budget_pace(beta_a, remaining)
+    collapsed = (state.num_unique < COLLAPSED_ANCESTORS) & (beta_a > 0)
+    beta_b = jnp.where(collapsed, pace, jnp.maximum(bisect, pace))
+    return jnp.where(after | (remaining <= 1), 1.0, beta_b)
 
 
 def _work_cess(log_w, log_lik, beta_a):
@@ -244,116 +318,235 @@ def _mala_moves(key, x, cache, beta, h, scale, evaluate, disc, num_moves):
     return x, cache, jnp.mean(probs)
 
 
-def _ula_moves(key, pop, cache, beta_a, h, scale, evaluate, disc, config, i):
-    """First move γ_a → γ_b (``β_b`` chosen on the annealing work, the first move's increment
-    evaluated at it), then ``num_moves − 1`` moves at ``β_b``, each with its Crooks increment."""
-    k_first, k_rest = jax.random.split(key)
+class _Moved(NamedTuple):
+    """What a stage's move block hands back to :func:`smc_step`."""
+
+    pop: Population
+    cache: ParticleCache
+    disc: Any
+    beta_b: jax.Array
+    cess: jax.Array  # CESS of the annealing increment
+    move_cess: jax.Array  # smallest CESS of the moves' own increments (1: none)
+    noise: jax.Array  # −Σ log CESS of the moves' own increments (ULA step rule)
+    acceptance: jax.Array
+    resample: ResampleInfo  # worst of the stage's resampling checks
+    khat_before: jax.Array  # k-hat of the weights after the annealing increment
+    num_dead: jax.Array  # particles killed by the stage's increments
+
+
+def _worse(a, b):
+    """Combine two :class:`ResampleInfo`: smallest ESS before, fewest ancestors, count."""
+    return ResampleInfo(
+        jnp.minimum(a.ess_before, b.ess_before),
+        a.resampled.astype(jnp.int32) + b.resampled.astype(jnp.int32),
+        jnp.minimum(a.num_unique, b.num_unique),
+    )
+
+
+def _deaths(log_w_before, log_w_after):
+    return jnp.sum(jnp.isfinite(log_w_before) & ~jnp.isfinite(log_w_after)).astype(jnp.int32)
+
+
+def _mala_stage(key, state, pop, disc, evaluate, config):
+    k_res, k_move = jax.random.split(key)
+    beta_a, h = state.beta, state.step_size
+    beta_b = _choose_beta(config, state, _work_cess(pop.log_weights, state.cache.log_lik, beta_a))
+    inc = (beta_b - beta_a) * _finite(state.cache.log_lik)
+    cess = W.conditional_ess(pop.log_weights, inc)
+    new_w = W.add_increment(pop.log_weights, inc)
+    dead = _deaths(pop.log_weights, new_w)
+    pop = pop._replace(log_weights=new_w)
+    khat_before = _khat(new_w)
+    pop, cache, disc, res = resample_if(
+        k_res, pop, config.resample_threshold, config.resampling, state.cache, disc
+    )
+    scale, pooled = crossfit_scale(pop, state.scale)
+    x, cache, acc = _mala_moves(k_move, pop.x, cache, beta_b, h, scale, evaluate, disc,
+                                config.num_moves)
+    one = jnp.ones((), cess.dtype)
+    moved = _Moved(pop._replace(x=x), cache, disc, beta_b, cess, one, 0.0 * one, acc,
+                   res._replace(resampled=res.resampled.astype(jnp.int32)), khat_before, dead)
+    return moved, pooled
+
+
+def _ula_stage(key, state, pop, disc, evaluate, config):
+    """Resample if needed; first move γ_a → γ_b (``β_b`` chosen on the annealing work, the
+    first move's increment evaluated at it), then ``num_moves − 1`` moves at ``β_b``, each
+    with its Crooks increment and a resampling check after it."""
+    k_res, k_first, k_rest = jax.random.split(key, 3)
+    beta_a, h = state.beta, state.step_size
+    pop, cache, disc, res = resample_if(
+        k_res, pop, config.resample_threshold, config.resampling, state.cache, disc
+    )
+    res = res._replace(resampled=res.resampled.astype(jnp.int32))
+    scale, pooled = crossfit_scale(pop, state.scale)
     x = pop.x
     x_new, c_new = _langevin(k_first, x, cache, beta_a, h, scale, evaluate, disc)
-    log_p_a, grad_a = cache.log_density(beta_a), cache.grad(beta_a)
-
-    def increment(beta_b):
-        return M.langevin_log_increment(
-            x, x_new, log_p_a, grad_a, c_new.log_density(beta_b), c_new.grad(beta_b), h, scale
-        )
-
-    beta_b = _next_beta(config, i, beta_a, _work_cess(pop.log_weights, cache.log_lik, beta_a))
-    inc = increment(beta_b)
+    moved_state = state._replace(log_weights=pop.log_weights, cache=cache,
+                                 num_unique=jnp.minimum(state.num_unique, res.num_unique))
+    beta_b = _choose_beta(config, moved_state,
+                          _work_cess(pop.log_weights, cache.log_lik, beta_a))
+    work = (beta_b - beta_a) * _finite(cache.log_lik)
+    inc = M.langevin_log_increment(
+        x, x_new, cache.log_density(beta_a), cache.grad(beta_a),
+        c_new.log_density(beta_b), c_new.grad(beta_b), h, scale,
+    )
     cess = W.conditional_ess(pop.log_weights, inc)
-    # Acceptance a Metropolis test at β_b would have had: the increment minus the annealing work.
-    proxy = jnp.mean(M.mala_accept(k_first, inc - (beta_b - beta_a) * cache.log_lik)[1])
-    pop = pop._replace(x=x_new, log_weights=W.add_increment(pop.log_weights, inc))
+    # The move's own part (beyond the annealing work) measures its discretisation error.
+    first_noise_cess = W.conditional_ess(pop.log_weights, inc - work)
+    proxy = jnp.mean(M.mala_accept(k_first, inc - work)[1])
+    new_w = W.add_increment(pop.log_weights, inc)
+    dead = _deaths(pop.log_weights, new_w)
+    khat_before = _khat(new_w)
+    pop = pop._replace(x=x_new, log_weights=new_w)
 
     def body(carry, k):
-        pop, cache = carry
-        x_new, c_new = _langevin(k, pop.x, cache, beta_b, h, scale, evaluate, disc)
+        pop, cache, disc, res, dead = carry
+        k_move, k_res = jax.random.split(k)
+        x_new, c_new = _langevin(k_move, pop.x, cache, beta_b, h, scale, evaluate, disc)
         inc = M.langevin_log_increment(
             pop.x, x_new, cache.log_density(beta_b), cache.grad(beta_b),
             c_new.log_density(beta_b), c_new.grad(beta_b), h, scale,
         )
-        prob = jnp.mean(M.mala_accept(k, inc)[1])
-        return (pop._replace(x=x_new, log_weights=W.add_increment(pop.log_weights, inc)), c_new), prob
+        move_cess = W.conditional_ess(pop.log_weights, inc)
+        prob = jnp.mean(M.mala_accept(k_move, inc)[1])
+        new_w = W.add_increment(pop.log_weights, inc)
+        dead = dead + _deaths(pop.log_weights, new_w)
+        pop = pop._replace(x=x_new, log_weights=new_w)
+        pop, cache, disc, r = resample_if(
+            k_res, pop, config.resample_threshold, config.resampling, c_new, disc
+        )
+        return (pop, cache, disc, _worse(res, r), dead), (move_cess, prob)
 
-    (pop, cache), probs = jax.lax.scan(
-        body, (pop, c_new), jax.random.split(k_rest, config.num_moves - 1)
+    (pop, cache, disc, res, dead), (move_cess, probs) = jax.lax.scan(
+        body, (pop, c_new, disc, res, dead), jax.random.split(k_rest, config.num_moves - 1)
     )
+    all_cess = jnp.concatenate([first_noise_cess[None], move_cess])
+    noise = -jnp.sum(jnp.log(jnp.clip(all_cess, 1e-30, 1.0)))
     acc = jnp.mean(jnp.concatenate([proxy[None], probs]))
-    return pop, cache, beta_b, cess, acc
+    min_move = jnp.min(jnp.concatenate([jnp.ones((1,), cess.dtype), move_cess]))
+    return _Moved(pop, cache, disc, beta_b, cess, min_move, noise, acc, res, khat_before,
+                  dead), pooled
+
+
+def _ula_step_rule(h, noise, target, max_step):
+    """``h ← h·(log ρ*/log ρ)^{1/3}``: the stage's Crooks noise (variance ``−log CESS``) grows
+    like ``h³``; the factor is kept in [0.1, 2] per stage and ``h`` at most ``max_step``."""
+    want = -jnp.log(target)
+    factor = jnp.clip((want / jnp.maximum(noise, 1e-8)) ** (1.0 / 3.0), 0.1, 2.0)
+    return jnp.minimum(h * factor, max_step)
 
 
 def smc_step(state, evaluate, codec, config):
     """One stage of tempered SMC. ``evaluate(x, disc) -> ParticleCache`` (vmapped).
 
-    Pure and vmappable over independent runs; call :func:`check_alive` on the result's
-    ``log_weights`` to stop when every particle has failed (the kernel does)."""
-    key, k_res, k_move, k_disc = jax.random.split(state.rng_key, 4)
+    Pure and vmappable over independent runs. A stage at which every particle dies returns
+    the state it was given with ``failed`` set; a failed state passes through unchanged.
+    """
+    return jax.lax.cond(
+        state.failed,
+        lambda s: s._replace(i=s.i + 1),
+        lambda s: _guarded_stage(s, evaluate, codec, config),
+        state,
+    )
+
+
+def _guarded_stage(state, evaluate, codec, config):
+    new = _stage(state, evaluate, codec, config)
+    all_dead = jnp.all(~jnp.isfinite(new.log_weights))
+    frozen = state._replace(
+        i=state.i + 1, failed=jnp.ones((), bool), fail_stage=state.i, fail_beta=new.beta,
+        rng_key=new.rng_key,
+    )
+    return jax.tree.map(lambda a, b: a if a is b else jnp.where(all_dead, a, b), frozen, new)
+
+
+def _stage(state, evaluate, codec, config):
+    key, k_stage, k_disc = jax.random.split(state.rng_key, 3)
     x, disc = codec.split(state.z)
     i, beta_a, h = state.i, state.beta, state.step_size
     pop = Population(x, state.log_weights, state.log_z_banked)
     log_z_before = state.log_evidence
 
     if config.move == "mala":
-        beta_b = _next_beta(config, i, beta_a, _work_cess(pop.log_weights, state.cache.log_lik, beta_a))
-        inc = (beta_b - beta_a) * _finite(state.cache.log_lik)
-        cess = W.conditional_ess(pop.log_weights, inc)
-        pop = pop._replace(log_weights=W.add_increment(pop.log_weights, inc))
-        pop, cache, disc, resampled = maybe_resample(
-            k_res, pop, config.resample_threshold, config.resampling, state.cache, disc
-        )
-        scale, pooled_scale = crossfit_scale(pop, state.scale)
-        x, cache, acc = _mala_moves(
-            k_move, pop.x, cache, beta_b, h, scale, evaluate, disc, config.num_moves
-        )
-        pop = pop._replace(x=x)
+        moved, pooled = _mala_stage(k_stage, state, pop, disc, evaluate, config)
     else:
-        pop, cache, disc, resampled = maybe_resample(
-            k_res, pop, config.resample_threshold, config.resampling, state.cache, disc
+        # Nothing left to anneal (β = 1): the same proposals with the Metropolis test.
+        moved, pooled = jax.lax.cond(
+            beta_a >= 1.0,
+            lambda: _mala_stage(k_stage, state, pop, disc, evaluate, config),
+            lambda: _ula_stage(k_stage, state, pop, disc, evaluate, config),
         )
-        scale, pooled_scale = crossfit_scale(pop, state.scale)
-        pop, cache, beta_b, cess, acc = _ula_moves(
-            k_move, pop, cache, beta_a, h, scale, evaluate, disc, config, i
-        )
+    pop, cache, disc, beta_b = moved.pop, moved.cache, moved.disc, moved.beta_b
+    num_dead = moved.num_dead
 
     if config.discrete_move is not None:
         # Exact Gibbs at the current β leaves ρ_β invariant: no weight increment.
         disc = config.discrete_move(k_disc, beta_b, pop.x, disc)
         cache = evaluate(pop.x, disc)
-        pop = pop._replace(
-            log_weights=jnp.where(
-                jnp.isfinite(cache.log_density(beta_b)), pop.log_weights, -jnp.inf
-            )
-        )
+        new_w = jnp.where(jnp.isfinite(cache.log_density(beta_b)), pop.log_weights, -jnp.inf)
+        num_dead = num_dead + _deaths(pop.log_weights, new_w)
+        pop = pop._replace(log_weights=new_w)
 
+    res = moved.resample
     pop, cache, disc = replace_dead(pop, cache, disc)
     log_z = pop.log_evidence
     ess = W.ess(pop.log_weights)
     khat = _khat(pop.log_weights)
-    new_h = M.adapt_step_size(h, acc, config.target_accept, max_step=config.max_step_size) if (
-        config.adapt_step_size
-    ) else h
+    if not config.adapt_step_size:
+        new_h = h
+    elif config.move == "mala":
+        new_h = M.adapt_step_size(h, moved.acceptance, config.target_accept,
+                                  max_step=config.max_step_size)
+    else:
+        new_h = jnp.where(
+            beta_a >= 1.0,
+            M.adapt_step_size(h, moved.acceptance, 0.65, max_step=config.max_step_size),
+            _ula_step_rule(h, moved.noise, config.target_accept, config.max_step_size),
+        )
+    n = pop.log_weights.shape[0]
     stats = {
-        "beta": beta_b, "ess": ess, "cess": cess, "log_evidence_increment": log_z - log_z_before,
-        "acceptance_rate": acc, "step_size": h, "resampled": resampled, "pareto_khat": khat,
+        "beta": beta_b, "ess": ess,
+        "ess_before_resampling": jnp.minimum(res.ess_before, ess),
+        "unique_ancestors": res.num_unique / n,
+        "cess": moved.cess, "move_cess": moved.move_cess,
+        "log_evidence_increment": log_z - log_z_before,
+        "acceptance_rate": moved.acceptance, "step_size": h,
+        "resampled": res.resampled.astype(jnp.int32), "pareto_khat": khat,
+        "pareto_khat_before_resampling": moved.khat_before, "num_dead": num_dead,
     }
     idx = jnp.minimum(i, state.history.beta.shape[0] - 1)
     in_warmup = i < config.num_stages
     history = StageHistory(
         **{
-            f: jnp.where(in_warmup, getattr(state.history, f).at[idx].set(v), getattr(state.history, f))
-            for f, v in stats.items()
+            f: jnp.where(
+                in_warmup,
+                getattr(state.history, f).at[idx].set(stats[f].astype(getattr(state.history, f).dtype)),
+                getattr(state.history, f),
+            )
+            for f in STAGE_FIELDS
         }
     )
-    # The history records the step used at this stage; the state carries the next one.
-    stats["step_size"] = new_h
-    return SMCState(
+    num_unique = jnp.where(res.resampled > 0, res.num_unique, state.num_unique)
+    return state._replace(
         i=i + 1,
         z=codec.merge(pop.x, disc),
         log_weights=pop.log_weights,
         log_z_banked=pop.log_z_banked,
         log_evidence=log_z,
+        beta=beta_b,
+        ess=ess,
+        cess=moved.cess,
+        log_evidence_increment=log_z - log_z_before,
+        acceptance_rate=moved.acceptance,
+        step_size=new_h,
+        resampled=res.resampled.astype(jnp.int32),
+        pareto_khat=khat,
+        num_dead=state.num_dead + num_dead,
         cache=cache,
-        scale=pooled_scale,
+        scale=pooled,
+        num_unique=num_unique,
         history=history,
         rng_key=key,
-        **stats,
     )
+

@@ -16,8 +16,19 @@ started from ``ρ_0`` has marginals ``ρ_t``. Its Euler–Maruyama discretisatio
 
 The walkers, weights, resampling and log Z bookkeeping are the package's engine
 (:mod:`numpyro_jarzynski.engine.population`); this module only supplies the moves.
+
+Dead walkers. A walker whose ``log γ_t`` or increment is NaN/inf gets weight zero
+(``A = −inf``); the estimates are then those of the density restricted to where it is finite.
+Each step records how many walkers died at it (``deaths``) and how many are alive after its
+reweighting (``num_alive``). If every walker dies at step ``k`` the population is frozen at
+``t_k`` (the last time any walker was alive) and :meth:`InterpolantSampler.run` raises a
+``FloatingPointError`` naming the step, from Python after the compiled call, with that partial
+result on ``err.result``; if only some die, it warns (``UserWarning``) with the count and the
+first step. The pure :meth:`InterpolantSampler.integrate` never raises: pass its result to
+:meth:`InterpolantSampler.check`.
 """
 
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -52,11 +63,22 @@ class GenerationResult(NamedTuple):
     increments: jax.Array  # (K, N) per-step log-weight increments ΔA
     resampled: jax.Array  # (K,) whether each step resampled
     times: jax.Array  # (K + 1,) the time grid
+    # (K,) walkers that died at each step (live before it, weight zero after its reweighting)
+    deaths: jax.Array | None = None
+    # (K,) live walkers after each step's reweighting (0: all dead; the population is then
+    # frozen at the last good time, and later steps record 0 deaths, NaN ESS and increments)
+    num_alive: jax.Array | None = None
 
     @property
     def weights(self):
         """Normalised weights ``softmax(A)``."""
         return W.normalized_weights(self.log_weights)
+
+    @property
+    def num_dead(self):
+        """Total number of walker deaths over the run (a walker revived by resampling and
+        killed again counts twice)."""
+        return jnp.sum(self.deaths, -1)
 
 
 class _Cache(NamedTuple):
@@ -216,24 +238,103 @@ class InterpolantSampler:
         step = self._step_a if self.scheme == "A" else self._step_b
 
         def body(carry, inputs):
-            pop, cache, key = carry
+            pop, cache, key, failed = carry
             t, t_next, eps_k = inputs
             key, key_move, key_resample = jax.random.split(key, 3)
-            x_new, cache, inc = step(key_move, pop.x, cache, t, t_next, eps_k)
-            pop, _ = reweight(pop._replace(x=x_new), inc)
-            pop, cache = replace_dead(pop, cache)
-            ess = W.ess(pop.log_weights)
+            x_new, cache_new, inc = step(key_move, pop.x, cache, t, t_next, eps_k)
+            new, _ = reweight(pop._replace(x=x_new), inc)
+            alive = jnp.isfinite(new.log_weights)
+            deaths = jnp.sum(jnp.isfinite(pop.log_weights) & ~alive).astype(jnp.int32)
+            num_alive = jnp.sum(alive).astype(jnp.int32)
+            new, cache_new = replace_dead(new, cache_new)
+            ess = W.ess(new.log_weights)
             if self.resample_threshold > 0:
-                pop, cache, did = maybe_resample(
-                    key_resample, pop, self.resample_threshold, self.resampling, cache
+                new, cache_new, did = maybe_resample(
+                    key_resample, new, self.resample_threshold, self.resampling, cache_new
                 )
             else:
                 did = jnp.zeros((), bool)
-            return (pop, cache, key), (ess, inc, did)
+            # Every walker dead: keep the last good population (t_k) and record the failure;
+            # once failed, every later step is a no-op.
+            dies_now = (~failed) & (num_alive == 0)
+            frozen = failed | dies_now
+            pop, cache = jax.tree.map(
+                lambda a, b: jnp.where(frozen, a, b), (pop, cache), (new, cache_new)
+            )
+            nan = jnp.full((), jnp.nan, dtype)
+            out = (
+                jnp.where(frozen, nan, ess),
+                jnp.where(failed, nan, inc),
+                did & ~frozen,
+                jnp.where(failed, 0, deaths),
+                jnp.where(failed, 0, num_alive),
+            )
+            return (pop, cache, key, frozen), out
 
-        carry = (pop, _Cache(log_p, score, b0), rng_key)
-        (pop, _, _), (ess, incs, did) = jax.lax.scan(body, carry, (times[:-1], times[1:], eps))
-        return GenerationResult(pop.x, pop.log_weights, pop.log_evidence, ess, incs, did, times)
+        carry = (pop, _Cache(log_p, score, b0), rng_key, jnp.zeros((), bool))
+        (pop, _, _, _), (ess, incs, did, deaths, alive) = jax.lax.scan(
+            body, carry, (times[:-1], times[1:], eps)
+        )
+        return GenerationResult(pop.x, pop.log_weights, pop.log_evidence, ess, incs, did, times,
+                                deaths, alive)
+
+    @staticmethod
+    def check(result, stacklevel=2):
+        """Raise or warn about dead walkers in a (possibly ``vmap``-ped) result, from Python.
+
+        Every walker dead at some step: ``FloatingPointError`` naming the step ``k`` and the
+        times ``t_k → t_{k+1}``, with ``err.result`` the partial result (population frozen at
+        ``t_k``: its ``x``, ``log_weights`` and ``log_evidence`` are those of ``t_k``, and
+        ``err.step``, ``err.time`` the failing step and its start time). Some walkers dead:
+        ``UserWarning`` with the count and the first step. Returns ``result``.
+        """
+        if result.num_alive is None or result.deaths is None:  # built by hand: nothing recorded
+            return result
+        alive = np.asarray(result.num_alive)
+        deaths = np.asarray(result.deaths)
+        times = np.asarray(result.times)
+        n = np.asarray(result.log_weights).shape[-1]
+        alive2, deaths2 = alive.reshape(-1, alive.shape[-1]), deaths.reshape(-1, deaths.shape[-1])
+        times2 = times.reshape(-1, times.shape[-1])
+        runs = alive2.shape[0]
+        failed = (alive2 == 0).any(-1)
+        if failed.any():
+            r = int(np.argmax(failed))
+            k = int(np.argmax(alive2[r] == 0))
+            t, t_next = times2[r if times2.shape[0] > 1 else 0][k : k + 2]
+            where = f" (run {r}; {int(failed.sum())} of {runs} runs failed)" if runs > 1 else ""
+            err = FloatingPointError(
+                f"InterpolantSampler: every walker died at step {k} (t = {t:.4g} → "
+                f"{t_next:.4g}){where}: log γ_t, the score or the velocity is NaN/inf "
+                "where the walkers went, or the step was too large for the drift. Use more "
+                "steps (smaller h: num_steps, or a finer grid near that time), a smaller "
+                "noise ε, or check log_density, velocity and score at that time. "
+                f"err.result holds the partial result, frozen at t = {t:.4g} (the last "
+                "time a walker was alive): its x, log_weights and log_evidence are those "
+                "of that time."
+            )
+            err.result, err.step, err.time = result, k, float(t)
+            raise err
+        total = deaths2.sum(-1)
+        if total.any():
+            r = int(np.flatnonzero(total)[0])
+            k = int(np.flatnonzero(deaths2[r])[0])
+            t, t_next = times2[r if times2.shape[0] > 1 else 0][k : k + 2]
+            dead_end = int(n - alive2[r, -1])
+            where = ""
+            if runs > 1:
+                where = f" in {int((total > 0).sum())} of {runs} runs (first: run {r})"
+            warnings.warn(
+                f"InterpolantSampler: {int(total[r])} walker death(s){where}, the first at step "
+                f"{k} (t = {t:.4g} → {t_next:.4g}); {dead_end} of {n} walkers are dead at "
+                "t = 1. A dead walker has weight zero (log γ_t or its increment was NaN/inf), "
+                "so the estimates are those of the density restricted to where it is finite. "
+                "If that region should not be excluded, check log_density, velocity and score "
+                "there, or use more (smaller) steps. result.deaths counts them per step.",
+                UserWarning,
+                stacklevel=stacklevel,
+            )
+        return result
 
     def _check_inputs(self, x0):
         x_shape = jax.eval_shape(lambda v: v, x0)
@@ -270,9 +371,13 @@ class InterpolantSampler:
     def run(self, rng_key, x0):
         """Integrate from exact draws ``x0 ~ ρ_0`` (shape ``(N, d)``); returns a
         :class:`GenerationResult`. Same key, same result. Walkers whose density turns NaN
-        during the run get weight zero (``A = −inf``) and a live walker's position."""
+        during the run get weight zero (``A = −inf``) and a live walker's position; see
+        :meth:`check` for the warning (some walkers died) and the error (all of them)."""
         self._check_inputs(x0)
-        return self._integrate_jit(rng_key, x0, self.grid, self.noise)
+        result = self._integrate_jit(rng_key, x0, self.grid, self.noise)
+        if isinstance(result.num_alive, jax.core.Tracer):  # run under the caller's jit/vmap
+            return result
+        return self.check(result, stacklevel=3)
 
     def integrate(self, rng_key, x0, times, noise_per_step):
         """The unchecked pure integrator behind :meth:`run`, with the grid as a traced input.
@@ -280,6 +385,7 @@ class InterpolantSampler:
         ``times`` ``(K + 1,)`` and ``noise_per_step`` ``(K,)`` are not validated here. Grids of
         equal length share one compilation and can be ``vmap``-ped; trailing zero-length steps
         (``t = 1`` repeated) add exactly zero to the weights, so grids with different numbers
-        of steps can be padded to one length.
+        of steps can be padded to one length. Never raises: dead walkers are recorded in
+        ``deaths`` / ``num_alive``; call :meth:`check` on the result.
         """
         return self._integrate_jit(rng_key, x0, times, noise_per_step)

@@ -1,0 +1,268 @@
+"""The run report: what a finished ``JarzynskiSMC`` run has to say, computed on the host.
+
+The compiled stages record trouble in the state (``SMCState.failed``, ``num_dead`` and the
+per-stage :class:`~numpyro_jarzynski.infer.tempering.StageHistory`) and never raise. After
+``mcmc.run`` returns, :func:`run_health` reads that record and :func:`report_run` turns it
+into one ``UserWarning`` per problem (and a ``FloatingPointError`` when every particle
+died). The same messages are repeated by :func:`numpyro_jarzynski.diagnostics.summary`.
+
+What is checked, per run (chain), with the thresholds below (``docs/trust.md``):
+
+* **failure**: every particle died at some stage (the state is the last good stage's);
+* **collapse**: a stage whose ESS *before* resampling fell below :data:`COLLAPSE_PARTICLES`
+  particles, or whose resampling kept fewer distinct ancestors than that (after resampling the
+  Kish ESS is N and k-hat is −inf whatever happened, so these are the numbers that see it);
+* **unsafe jumps**: an annealing increment applied with conditional ESS below
+  :data:`UNSAFE_CESS` (the stage budget was too small for the path);
+* **unstable moves**: an unadjusted move whose own Crooks increment had conditional ESS below
+  :data:`UNSAFE_CESS` (the step was unstable for the preconditioner);
+* **dead particles**: how many died (NaN or infinite density), first where;
+* **heavy tails**: Pareto k-hat of the weights before resampling above 0.7 at some stage;
+* **final population**: ESS below :data:`COLLAPSE_PARTICLES` particles.
+"""
+
+import dataclasses
+import math
+import warnings
+
+import jax
+import numpy as np
+
+COLLAPSE_PARTICLES = 10
+UNSAFE_CESS = 0.1
+KHAT_THRESHOLD = 0.7
+
+
+class SMCFailure(FloatingPointError):
+    """Every particle of a run died. ``state`` is the last good state (``mcmc.last_state`` is
+    the same), ``chain``, ``stage`` and ``beta`` say where it happened."""
+
+    def __init__(self, message, state=None, chain=0, stage=-1, beta=float("nan")):
+        super().__init__(message)
+        self.state, self.chain, self.stage, self.beta = state, chain, stage, beta
+
+
+@dataclasses.dataclass
+class RunHealth:
+    """Health record of one SMC run (one chain), from its stage history and final state."""
+
+    chain: int
+    num_particles: int
+    num_stages: int
+    final_ess: float  # normalised
+    min_ess_before_resampling: float
+    min_ess_stage: int
+    min_unique_ancestors: float  # fraction
+    min_unique_stage: int
+    min_cess: float
+    min_cess_stage: int
+    num_unsafe_stages: int
+    min_move_cess: float
+    min_move_stage: int
+    num_unstable_stages: int
+    num_step_reductions: int
+    num_dead: int
+    first_dead_stage: int
+    max_khat_before_resampling: float
+    max_khat_stage: int
+    suggested_num_warmup: int
+    failed: bool
+    fail_stage: int
+    fail_beta: float
+    betas: np.ndarray = dataclasses.field(repr=False)
+
+    def beta_at(self, stage):
+        return float(self.betas[stage]) if 0 <= stage < len(self.betas) else float("nan")
+
+    @property
+    def collapsed(self):
+        n = self.num_particles
+        return (self.min_ess_before_resampling * n < COLLAPSE_PARTICLES) or (
+            self.min_unique_ancestors * n < COLLAPSE_PARTICLES
+        )
+
+    def as_dict(self):
+        d = dataclasses.asdict(self)
+        d.pop("betas")
+        return d
+
+
+def _argmin(v):
+    v = np.where(np.isfinite(v), v, np.inf)
+    i = int(np.argmin(v)) if v.size else -1
+    return (float(v[i]) if i >= 0 and np.isfinite(v[i]) else float("nan")), i
+
+
+def _needed_stages(cess, betas, target):
+    """Stages an adaptive schedule at ``target`` would have used: a step of conditional ESS
+    ``c`` is ``sqrt(log c / log target)`` target-sized steps (log-normal weights)."""
+    c = np.clip(np.where(np.isfinite(cess), cess, 1.0), 1e-12, 1.0)
+    anneal = np.concatenate([[True], betas[:-1] < 1.0]) if betas.size else betas.astype(bool)
+    steps = np.sqrt(np.log(c) / math.log(target))
+    return int(np.sum(np.maximum(1, np.ceil(steps[anneal & np.isfinite(betas)]))))
+
+
+def _chain_view(tree, c, num_chains):
+    def pick(v):
+        v = np.asarray(jax.device_get(v))
+        return v[c] if num_chains > 1 else v
+
+    return jax.tree.map(pick, tree)
+
+
+def run_health(state, num_particles, target_ess=0.9, num_chains=None):
+    """:class:`RunHealth` of every run in ``state`` (an ``SMCState``, with a leading chain axis
+    when there are several runs). Returns a list, one entry per chain."""
+    beta = np.asarray(jax.device_get(state.beta))
+    if num_chains is None:
+        num_chains = int(beta.shape[0]) if beta.ndim else 1
+    out = []
+    for c in range(num_chains):
+        h = _chain_view(state.history, c, num_chains)
+        s = _chain_view(
+            (state.ess, state.num_dead, state.failed, state.fail_stage, state.fail_beta,
+             state.step_size), c, num_chains,
+        )
+        ess, num_dead, failed, fail_stage, fail_beta, _ = s
+        ran = np.isfinite(h.beta)
+        n_run = int(np.sum(ran))
+        ess_b, ess_i = _argmin(h.ess_before_resampling[ran])
+        uniq, uniq_i = _argmin(h.unique_ancestors[ran])
+        cess, cess_i = _argmin(h.cess[ran])
+        move, move_i = _argmin(h.move_cess[ran])
+        khat = np.where(np.isfinite(h.pareto_khat_before_resampling[ran])
+                        | (h.pareto_khat_before_resampling[ran] == np.inf),
+                        h.pareto_khat_before_resampling[ran], -np.inf)
+        kh_i = int(np.argmax(khat)) if khat.size else -1
+        dead_stages = np.flatnonzero(h.num_dead[ran] > 0)
+        steps = h.step_size[ran]
+        reductions = int(np.sum(steps[1:] < 0.5 * steps[:-1])) if steps.size > 1 else 0
+        out.append(RunHealth(
+            chain=c,
+            num_particles=int(num_particles),
+            num_stages=n_run,
+            final_ess=float(ess),
+            min_ess_before_resampling=ess_b,
+            min_ess_stage=ess_i,
+            min_unique_ancestors=uniq,
+            min_unique_stage=uniq_i,
+            min_cess=cess,
+            min_cess_stage=cess_i,
+            num_unsafe_stages=int(np.sum(h.cess[ran] < UNSAFE_CESS)),
+            min_move_cess=move,
+            min_move_stage=move_i,
+            num_unstable_stages=int(np.sum(h.move_cess[ran] < UNSAFE_CESS)),
+            num_step_reductions=reductions,
+            num_dead=int(num_dead),
+            first_dead_stage=int(dead_stages[0]) if dead_stages.size else -1,
+            max_khat_before_resampling=float(khat[kh_i]) if kh_i >= 0 else float("nan"),
+            max_khat_stage=kh_i,
+            suggested_num_warmup=_needed_stages(h.cess[ran], h.beta[ran], target_ess),
+            failed=bool(failed),
+            fail_stage=int(fail_stage),
+            fail_beta=float(fail_beta),
+            betas=np.asarray(h.beta[ran]),
+        ))
+    return out
+
+
+def _where(h, stage):
+    return f"stage {stage} (β = {h.beta_at(stage):.4g})"
+
+
+def failure_message(h):
+    prev = h.beta_at(h.fail_stage - 1) if h.fail_stage > 0 else 0.0
+    where = (
+        "at its initial (prior) draws" if h.fail_stage == 0 and h.fail_beta == 0 else
+        f"at stage {h.fail_stage}, moving from β = {prev:.4g} to β = {h.fail_beta:.4g}"
+    )
+    return (
+        f"Every particle has zero weight in chain {h.chain} {where}: the model's log density is "
+        "NaN or infinite at all of them. The state of the last good stage is kept (mcmc.last_state, and "
+        "err.state on this exception). Check the model for invalid parameter values, an "
+        "initial distribution that misses the posterior, or a step size so large that the "
+        "moves diverge (a smaller step_size, more num_warmup, or move='mala')."
+    )
+
+
+def messages(h):
+    """The warnings of one run, each naming the problem, where it happened, and the fix."""
+    out, n, c = [], h.num_particles, h.chain
+    if h.failed:
+        out.append(failure_message(h))
+    if h.collapsed:
+        worst = h.min_ess_stage if h.min_ess_before_resampling * n < COLLAPSE_PARTICLES else (
+            h.min_unique_stage)
+        out.append(
+            f"Weight collapse in chain {c} at {_where(h, worst)}: the ESS before resampling fell "
+            f"to {h.min_ess_before_resampling * n:.1f} of {n} particles and resampling kept "
+            f"{h.min_unique_ancestors * n:.0f} distinct ancestors. The log evidence and the "
+            "posterior rest on a few particles and are unreliable (after resampling the final "
+            "ESS looks healthy, so it cannot show this). Fix: more annealing stages "
+            f"(num_warmup >= {max(h.suggested_num_warmup, h.num_stages + 1)}), the adaptive "
+            "schedule instead of a fixed one, more particles, or move='mala'."
+        )
+    if h.num_unsafe_stages:
+        out.append(
+            f"In chain {c}, {h.num_unsafe_stages} stage(s) applied an annealing increment with "
+            f"conditional ESS below {UNSAFE_CESS} (worst {h.min_cess:.3g} at "
+            f"{_where(h, h.min_cess_stage)}): the steps in β were too large for {n} particles, "
+            "so the evidence can be biased. The stage budget is too small: use num_warmup >= "
+            f"{h.suggested_num_warmup} (estimated from the stages' conditional ESS), or lower "
+            "target_ess."
+        )
+    if h.num_unstable_stages:
+        out.append(
+            f"In chain {c}, the unadjusted Langevin moves were unstable at "
+            f"{h.num_unstable_stages} stage(s) (worst: a move's Crooks increment had conditional "
+            f"ESS {h.min_move_cess:.3g} at {_where(h, h.min_move_stage)}): the step was too "
+            "large for the preconditioner (a prior-sized scale after a collapse, or a spread "
+            "across several modes). The step was shrunk for later stages "
+            f"({h.num_step_reductions} reduction(s)); use a smaller step_size, more num_warmup, "
+            "or move='mala'."
+        )
+    if h.num_dead and not h.failed:
+        out.append(
+            f"In chain {c}, {h.num_dead} particle(s) died (density NaN or infinite), first at "
+            f"{_where(h, h.first_dead_stage)}. The posterior is then the part where the model's "
+            "density is finite and the evidence leaves the rest out. If the model should be "
+            "finite everywhere, fix it (constrain the parameters, compute in log space), or "
+            "start from init_particles inside the valid region."
+        )
+    if h.max_khat_before_resampling > KHAT_THRESHOLD:
+        out.append(
+            f"In chain {c}, the Pareto k-hat of the weights before resampling reached "
+            f"{h.max_khat_before_resampling:.2f} at {_where(h, h.max_khat_stage)} (> "
+            f"{KHAT_THRESHOLD}): the increments are heavy-tailed, and the evidence can be biased "
+            "even when independent runs agree. Use more stages (num_warmup), a higher "
+            "target_ess, or more particles."
+        )
+    if h.final_ess * n < COLLAPSE_PARTICLES and not h.failed:
+        out.append(
+            f"In chain {c}, the final population has an ESS of {h.final_ess * n:.1f} of {n} "
+            "particles: the weighted estimates rest on a handful of particles. Use more "
+            "particles or more annealing stages (num_warmup)."
+        )
+    return out
+
+
+def report_run(state, num_particles, target_ess, num_chains=None, stacklevel=3):
+    """Warn about every problem of the run; raise :class:`SMCFailure` if a run failed.
+
+    Returns the list of :class:`RunHealth`.
+    """
+    health = run_health(state, num_particles, target_ess, num_chains)
+    for h in health:
+        for m in messages(h):
+            if h.failed and m.startswith("Every particle"):
+                continue
+            warnings.warn(m, UserWarning, stacklevel=stacklevel)
+    failed = [h for h in health if h.failed]
+    if failed:
+        h = failed[0]
+        raise SMCFailure(failure_message(h), state=state, chain=h.chain, stage=h.fail_stage,
+                         beta=h.fail_beta)
+    return health
+
+
+__all__ = ["RunHealth", "SMCFailure", "messages", "report_run", "run_health"]

@@ -1,0 +1,321 @@
+"""No silent failure (docs/trust.md): every failure class of the trust review gives either the
+right answer (exact value, Monte Carlo tolerance) or the specific warning / error.
+
+The conjugate model: ``mu ~ N(0, 10²)``, ``y_i ~ N(mu, 0.1²)``; exact log Z and posterior."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from numpyro.infer import MCMC, Predictive
+
+from numpyro_jarzynski import JarzynskiSMC, posterior_samples, summary, to_datatree
+from numpyro_jarzynski.engine import schedules
+from numpyro_jarzynski.engine import weights as W
+from numpyro_jarzynski.infer.report import SMCFailure
+
+TAU, SIG = 10.0, 0.1
+
+
+def conj_model(y):
+    mu = numpyro.sample("mu", dist.Normal(0.0, TAU))
+    with numpyro.plate("data", y.shape[0]):
+        numpyro.sample("y", dist.Normal(mu, SIG), obs=y)
+
+
+def conj_truth(y):
+    y = np.asarray(y, np.float64)
+    n = y.size
+    prec = 1 / TAU**2 + n / SIG**2
+    mean = y.sum() / SIG**2 / prec
+    log_z = (
+        -0.5 * n * np.log(2 * np.pi * SIG**2) - 0.5 * np.log(TAU**2 * prec)
+        - 0.5 * (np.sum(y**2) / SIG**2 - mean**2 * prec)
+    )
+    return log_z, mean, prec**-0.5
+
+
+def data(n):
+    return jnp.asarray(1.3 + 0.1 * np.random.default_rng(0).normal(size=n), jnp.float32)
+
+
+def run(kernel, *args, warmup=40, chains=1, key=1, **kw):
+    mcmc = MCMC(kernel, num_warmup=warmup, num_samples=1, num_chains=chains,
+                chain_method="vectorized", progress_bar=False)
+    mcmc.run(jax.random.key(key), *args, **kw)
+    return mcmc
+
+
+def run_recording(kernel, *args, **kw):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mcmc = run(kernel, *args, **kw)
+    return mcmc, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+
+def test_exact_values_of_the_shared_model():
+    assert np.isclose(conj_truth(data(500))[0], 427.256, atol=2e-3)
+    assert np.isclose(conj_truth(data(50))[0], 41.859, atol=2e-3)
+
+
+# ---------------------------------------------------------------- 1. collapse hidden by resampling
+def test_collapse_is_reported_with_stage_and_beta():
+    """ULA + a 40-stage linear schedule on n = 500: the first step collapses the weights onto
+    one particle (ESS before resampling 1 of 500). Today's answer is off by 1e14 nats while the
+    final ESS reads 500; it must be flagged, in the run and in summary."""
+    y = data(500)
+    mcmc, msgs = run_recording(
+        JarzynskiSMC(conj_model, num_particles=500, move="ula", schedule="linear"), y
+    )
+    assert any("Weight collapse in chain 0 at stage 0 (β = 0.025)" in m for m in msgs), msgs
+    health = mcmc.sampler.last_health[0]
+    assert health.min_ess_before_resampling * 500 < 2
+    assert health.min_unique_ancestors * 500 < 2
+    s = summary(mcmc, warn=False)
+    assert any("Weight collapse" in m for m in s.warnings)
+    tree = to_datatree(mcmc)
+    stages = tree["smc_stages"].to_dataset()
+    assert float(stages["ess_before_resampling"].isel(chain=0, stage=0)) < 2 / 500
+    assert float(tree["sample_stats"]["min_unique_ancestors"].values[0]) < 2 / 500
+
+
+def test_healthy_run_is_quiet_and_right():
+    y = data(500)
+    log_z, _mean, _sd = conj_truth(y)
+    mcmc, msgs = run_recording(JarzynskiSMC(conj_model, num_particles=500), y, chains=2)
+    assert msgs == []
+    est = np.asarray(mcmc.last_state.log_evidence, np.float64)
+    assert np.all(np.abs(est - log_z) < 0.25), est
+    assert summary(mcmc, warn=False).warnings == ()
+
+
+# ---------------------------------------------------------------- 2. forced jumps
+def test_short_stage_budget_is_spread_and_reported():
+    """num_warmup=3 cannot anneal n = 500 observations at target_ess 0.9 (about 13 stages are
+    needed): β still reaches 1, but every short stage is checked and the run says how many
+    stages it needs (today: a silent jump to β = 1 with conditional ESS 0.002)."""
+    y = data(500)
+    mcmc, msgs = run_recording(JarzynskiSMC(conj_model, num_particles=500), y, warmup=3)
+    assert float(mcmc.last_state.history.beta[-1]) == 1.0
+    budget = [m for m in msgs if "stage budget is too small" in m]
+    assert budget, msgs
+    needed = mcmc.sampler.last_health[0].suggested_num_warmup
+    assert 8 <= needed <= 40
+    assert f"num_warmup >= {needed}" in budget[0]
+
+
+def test_bisection_resolves_increments_below_float32_resolution():
+    """Log-likelihood spread 1e14 under the prior (prior sd 10, posterior sd 1e-6): the first
+    step must be Δβ ≈ 1e-14 with CESS at target, not the old stall guard 1e-6 (CESS 1/N)."""
+    ll = jnp.asarray(np.random.default_rng(0).normal(size=1000) * 1e14, jnp.float32)
+    lw = jnp.zeros(1000, jnp.float32)
+    beta = schedules.solve_next_beta(lambda b: W.conditional_ess(lw, b * ll), 0.0, 0.9)
+    assert 1e-16 < float(beta) < 1e-13
+    assert float(W.conditional_ess(lw, beta * ll)) >= 0.89
+
+
+def test_budget_pace_reaches_one_geometrically():
+    b = 1e-6
+    for r in range(5, 0, -1):
+        b = float(schedules.budget_pace(jnp.float32(b), r))
+    assert b == 1.0
+    assert np.isclose(float(schedules.budget_pace(jnp.float32(1e-4), 2)), 1e-2, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- 3. unstable unadjusted moves
+def test_unstable_unadjusted_moves_are_detected():
+    """Two modes at ±4 (d = 10) and a fixed ULA step: the diagonal preconditioner spans both
+    modes (spread ~4 against a within-mode scale 1), so h·s²·λ > 2 and the moves diverge.
+    Today: log Z off by −30 nats with final k-hat 0.33 and no warning."""
+    d = 10
+
+    def bimodal():
+        z = numpyro.sample("z", dist.Normal(0.0, 10.0).expand([d]).to_event(1))
+        a = jnp.log(0.25) + dist.Normal(-4.0, 1.0).log_prob(z).sum(-1)
+        b = jnp.log(0.75) + dist.Normal(4.0, 1.0).log_prob(z).sum(-1)
+        numpyro.factor("f", jnp.logaddexp(a, b))
+
+    _, msgs = run_recording(
+        JarzynskiSMC(bimodal, num_particles=500, move="ula", adapt_step_size=False), warmup=40
+    )
+    assert any("unadjusted Langevin moves were unstable" in m for m in msgs), msgs
+
+
+# ---------------------------------------------------------------- 4. float32 weight arithmetic
+@pytest.mark.parametrize("shift", [-1e6, -1e7, -1e8])
+def test_weight_statistics_are_shift_invariant(shift):
+    lw = jnp.full(200, shift, jnp.float32)
+    assert np.isclose(float(W.ess(lw)), 1.0, atol=1e-5)
+    assert np.isclose(float(W.conditional_ess(lw, lw)), 1.0, atol=1e-5)
+    assert np.allclose(np.asarray(jnp.exp(W.log_normalize(lw))), 1 / 200, rtol=1e-4)
+
+
+def test_pareto_khat_flags_tied_heavy_weights():
+    """Ten tied heavy weights among 1024 (and one particle holding all the weight): ArviZ's fit
+    is undefined (NaN) there; both k-hats must report +inf so the > 0.7 check fires."""
+    from numpyro_jarzynski.diagnostics import pareto_khat
+
+    tied = jnp.concatenate([jnp.zeros(1014), jnp.full(10, 5.0)])
+    one = jnp.full(1000, -1e9).at[3].set(0.0)
+    for lw in (tied, one):
+        assert float(W.pareto_khat(lw)) == np.inf
+        assert pareto_khat(np.asarray(lw)) == np.inf
+
+
+def test_huge_log_density_keeps_ess_exact():
+    """``factor(-1e7)``: every weight shifts by the same constant; stage ESS must be 1."""
+
+    def model():
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        numpyro.factor("c", -1e7 + 0.0 * mu)
+
+    mcmc = run(JarzynskiSMC(model, num_particles=200, schedule="geometric"), warmup=3)
+    ess = np.asarray(mcmc.last_state.history.ess)
+    assert np.allclose(ess, 1.0, atol=1e-4), ess
+
+
+# ---------------------------------------------------------------- 6. failures mid-run
+def test_every_particle_dying_raises_a_plain_error_and_keeps_the_state():
+    """The likelihood's value is finite but its gradient is NaN everywhere (the classic
+    ``where``-gradient trap), so every ULA move lands on NaN at stage 0."""
+
+    def model():
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        numpyro.factor("f", jnp.where(mu > -1e9, 0.0, jnp.sqrt(-jnp.abs(mu) - 1.0)))
+
+    mcmc = MCMC(JarzynskiSMC(model, num_particles=200, move="ula"), num_warmup=5,
+                num_samples=1, progress_bar=False)
+    with pytest.raises(FloatingPointError, match=r"chain 0 at stage 0") as err:
+        mcmc.run(jax.random.key(0))
+    assert isinstance(err.value, SMCFailure) and err.value.stage == 0
+    state = mcmc.last_state
+    assert state is not None and bool(state.failed)
+    assert np.all(np.isfinite(np.asarray(state.log_weights)))  # the last good population
+    assert err.value.state is state
+
+
+def test_all_dead_initial_draws_raise_floating_point_error():
+    def model():
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        numpyro.factor("f", jnp.where(mu > 100.0, 0.0, jnp.nan))
+
+    mcmc = MCMC(JarzynskiSMC(model, num_particles=200), num_warmup=3, num_samples=1,
+                progress_bar=False)
+    with pytest.raises(FloatingPointError, match="initial"):
+        mcmc.run(jax.random.key(0))
+
+
+# ---------------------------------------------------------------- 7. dead particles
+def test_dead_particles_are_counted_and_reported():
+    """The likelihood is NaN for mu > 1.3129 (half of the posterior): the posterior is
+    truncated there, which must be said with the number of particles and the stage."""
+    y = data(50)
+
+    def model(y):
+        mu = numpyro.sample("mu", dist.Normal(0.0, TAU))
+        numpyro.factor("nan_region", jnp.where(mu > 1.3129, jnp.nan, 0.0))
+        with numpyro.plate("data", y.shape[0]):
+            numpyro.sample("y", dist.Normal(mu, SIG), obs=y)
+
+    mcmc, msgs = run_recording(JarzynskiSMC(model, num_particles=500), y, warmup=20)
+    dead = [m for m in msgs if "particle(s) died" in m]
+    assert dead and "stage 0" in dead[0], msgs
+    assert int(mcmc.last_state.num_dead) > 0
+    assert any("died" in m for m in summary(mcmc, warn=False).warnings)
+
+
+# ---------------------------------------------------------------- 8. inputs that cannot be right
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"num_particles": 2.9}, TypeError, "num_particles must be an integer"),
+        ({"num_particles": True}, TypeError, "num_particles must be an integer"),
+        ({"min_increment": 2.0}, ValueError, "min_increment must be a number in"),
+        ({"target_accept": 5.0}, ValueError, "target_accept must be a number in"),
+        ({"step_size": 1e3}, ValueError, "stability limit"),
+        ({"target_ess": 1e-9}, ValueError, "one-shot importance sampling"),
+    ],
+)
+def test_bad_knobs_are_refused(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        JarzynskiSMC(conj_model, **kwargs)
+
+
+def test_few_particles_warn():
+    with pytest.warns(UserWarning, match="very few"):
+        JarzynskiSMC(conj_model, num_particles=3)
+
+
+def test_nan_in_schedule_is_refused():
+    kernel = JarzynskiSMC(conj_model, num_particles=200, schedule=[0.1, np.nan, 1.0])
+    mcmc = MCMC(kernel, num_warmup=3, num_samples=1, progress_bar=False)
+    with pytest.raises(ValueError, match="non-finite"):
+        mcmc.run(jax.random.key(0), data(50))
+
+
+def test_resume_with_other_data_is_refused():
+    y = data(100)
+    mcmc = run(JarzynskiSMC(conj_model, num_particles=200), y[:50], warmup=15)
+    first = float(mcmc.last_state.log_evidence)
+    mcmc.post_warmup_state = mcmc.last_state
+    with pytest.raises(ValueError, match="annealed on different data"):
+        mcmc.run(jax.random.key(2), y[50:])
+    mcmc.run(jax.random.key(2), y[:50])  # the same data: a plain resume
+    assert float(mcmc.last_state.log_evidence) == first  # stages at β = 1 add no increment
+
+
+# ---------------------------------------------------------------- 10. NumPyro idioms
+def test_unknown_extra_field_names_the_valid_ones():
+    mcmc = MCMC(JarzynskiSMC(conj_model, num_particles=200), num_warmup=3, num_samples=1,
+                progress_bar=False)
+    with pytest.raises(ValueError, match="not a field of the JarzynskiSMC state.*log_evidence"):
+        mcmc.run(jax.random.key(0), data(50), extra_fields=("nonexistent",))
+
+
+def test_predictive_and_print_summary_work_on_smc_output(capsys):
+    y = data(50)
+    _, mean, sd = conj_truth(y)
+    mcmc = run(JarzynskiSMC(conj_model, num_particles=500), y, warmup=20, chains=2)
+    draws = posterior_samples(mcmc, 4000, rng_key=jax.random.key(3))
+    assert draws["mu"].shape == (4000,)
+    assert abs(draws["mu"].mean() - mean) < 4 * sd / np.sqrt(500)
+    pred = Predictive(conj_model, posterior_samples=draws)(jax.random.key(4), y)["y"]
+    assert pred.shape == (4000, 50)
+    assert abs(float(pred.mean()) - mean) < 4 * np.hypot(sd, SIG / np.sqrt(50)) / np.sqrt(500)
+    flat, lw = posterior_samples(mcmc, weighted=True)
+    assert flat["mu"].shape == (1000,) and np.isclose(np.exp(lw).sum(), 1.0)
+    mcmc.print_summary()
+    out = capsys.readouterr().out
+    assert "log evidence" in out and "ess_kish" in out
+
+
+# ---------------------------------------------------------------- 11. the stage budget
+def test_stages_after_beta_one_add_no_noise():
+    """ULA with a budget far larger than needed: once β = 1 the stages only mix (Metropolis-
+    adjusted), so the evidence stops moving (today every extra ULA stage adds Crooks noise and
+    the estimate drifts with the number of stages)."""
+    y = data(50)
+    log_z, _, _ = conj_truth(y)
+    mcmc, msgs = run_recording(JarzynskiSMC(conj_model, num_particles=500, move="ula"), y,
+                               warmup=60, chains=2)
+    h = mcmc.last_state.history
+    beta = np.asarray(h.beta)
+    at_one = np.concatenate([np.zeros((2, 1), bool), beta[:, :-1] >= 1.0], axis=1)
+    assert at_one.sum() > 20
+    assert np.all(np.asarray(h.log_evidence_increment)[at_one] == 0.0)
+    est = np.asarray(mcmc.last_state.log_evidence, np.float64)
+    assert np.all(np.abs(est - log_z) < 0.3), est
+    assert msgs == []
+
+
+# ---------------------------------------------------------------- 12. agreement is not accuracy
+def test_summary_says_what_the_run_spread_covers():
+    mcmc = run(JarzynskiSMC(conj_model, num_particles=200), data(50), warmup=15, chains=2)
+    s = summary(mcmc, warn=False)
+    assert "blind to a bias all runs share" in str(s)
+    stats = to_datatree(mcmc)["sample_stats"]
+    assert "max_khat_before_resampling" in stats and "suggested_num_warmup" in stats
