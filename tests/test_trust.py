@@ -291,6 +291,10 @@ def test_predictive_and_print_summary_work_on_smc_output(capsys):
     mcmc.print_summary()
     out = capsys.readouterr().out
     assert "log evidence" in out and "ess_kish" in out
+    import arviz_base
+
+    with pytest.raises(ValueError, match="numpyro_jarzynski.to_datatree"):
+        summary(arviz_base.from_numpyro(mcmc))
 
 
 # ---------------------------------------------------------------- 11. the stage budget

@@ -158,6 +158,17 @@ def _as_tree(data, step):
             "summary expects an MCMC object that ran JarzynskiSMC or the DataTree from "
             f"numpyro_jarzynski.diagnostics.to_datatree, got {type(data).__name__}."
         )
+    stats = data["sample_stats"] if "sample_stats" in data.children else None
+    if stats is not None and "log_weights" in stats and set(stats["log_weights"].dims) != {
+        "chain", "draw"
+    }:
+        raise ValueError(
+            "This DataTree looks like arviz_base.from_numpyro(mcmc): it treats each collected "
+            "population as one draw, so the particles and their weights land on extra "
+            f"dimensions ({stats['log_weights'].dims}). Build it with "
+            "numpyro_jarzynski.to_datatree(mcmc) (particles as draws, weights alongside), or "
+            "pass the MCMC object to summary directly."
+        )
     if "sample_stats" not in data.children or "log_weights" not in data["sample_stats"]:
         raise ValueError(
             "The DataTree has no sample_stats.log_weights: build it with "
