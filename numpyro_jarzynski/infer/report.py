@@ -223,8 +223,10 @@ def messages(h):
         )
     if h.num_dead and not h.failed:
         out.append(
-            f"In chain {c}, {h.num_dead} particle(s) died (density NaN or infinite), first at "
-            f"{_where(h, h.first_dead_stage)}. The posterior is then the part where the model's "
+            f"In chain {c}, {h.num_dead} particle(s) died (density NaN or infinite), first "
+            + (f"at {_where(h, h.first_dead_stage)}" if h.first_dead_stage >= 0
+               else "among the initial (prior) draws")
+            + ". The posterior is then the part where the model's "
             "density is finite and the evidence leaves the rest out. If the model should be "
             "finite everywhere, fix it (constrain the parameters, compute in log space), or "
             "start from init_particles inside the valid region."
