@@ -132,8 +132,6 @@ def test_schedules_and_bisection():
     assert float(schedules.solve_next_beta(lambda b: 1.0, 0.3, 0.9)) == 1.0
     # Stall guard: an impossible target still advances by min_increment.
     assert np.isclose(float(schedules.solve_next_beta(lambda b: 0.0 * b, 0.3, 0.9, 1e-3)), 0.301)
-    with pytest.raises(schedules.ScheduleStalled, match="reached only beta"):
-        schedules.check_progress(0.4, 10, 1e-6)
 
 
 def test_pareto_khat_ranges():

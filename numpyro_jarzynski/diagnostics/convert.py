@@ -25,6 +25,7 @@ from arviz_base import MCMCAdapter
 from arviz_base.io_numpyro import NumPyroConverter
 
 from numpyro_jarzynski.engine.resampling import get_scheme
+from numpyro_jarzynski.engine.weights import log_normalize
 from numpyro_jarzynski.infer import report
 from numpyro_jarzynski.infer.tempering import STAGE_FIELDS
 
@@ -130,9 +131,7 @@ def posterior_samples(mcmc, num_samples=None, *, rng_key=None, step=-1, weighted
     samples, log_w, _ = population(mcmc, step)
     num_chains, n = log_w.shape
     flat = {k: v.reshape((num_chains * n,) + v.shape[2:]) for k, v in samples.items()}
-    lw = np.asarray(log_w, np.float64)
-    top = np.max(np.where(np.isfinite(lw), lw, -np.inf), axis=1, keepdims=True)
-    log_norm = lw - (top + np.log(np.sum(np.exp(lw - top), axis=1, keepdims=True)))
+    log_norm = np.asarray(jax.vmap(log_normalize)(jnp.asarray(log_w)), np.float64)
     pooled = (log_norm - np.log(num_chains)).reshape(-1)
     if weighted:
         return flat, pooled

@@ -89,17 +89,3 @@ def budget_pace(beta, remaining):
     log_b = jnp.log(jnp.maximum(beta, jnp.finfo(beta.dtype).tiny))
     out = jnp.where(beta > 0, jnp.exp(log_b * (r - 1.0) / r), 0.0)
     return jnp.clip(jnp.where(r <= 1.0, 1.0, out), beta, 1.0)
-
-
-class ScheduleStalled(RuntimeError):
-    """Raised when an adaptive schedule cannot reach β = 1 within its stage budget."""
-
-
-def check_progress(beta, num_stages, min_increment):
-    """Host-side check used after a run: a clear error instead of a silent, unfinished anneal."""
-    if float(beta) < 1.0:
-        raise ScheduleStalled(
-            f"The adaptive schedule reached only beta={float(beta):.4g} after {num_stages} "
-            f"stages (min_increment={min_increment}). Increase the number of stages "
-            "(num_warmup), lower target_ess, or use more moves per stage."
-        )

@@ -119,20 +119,18 @@ def run_health(state, num_particles, target_ess=0.9, num_chains=None):
     out = []
     for c in range(num_chains):
         h = _chain_view(state.history, c, num_chains)
-        s = _chain_view(
-            (state.ess, state.num_dead, state.failed, state.fail_stage, state.fail_beta,
-             state.step_size), c, num_chains,
+        ess, num_dead, failed, fail_stage, fail_beta = _chain_view(
+            (state.ess, state.num_dead, state.failed, state.fail_stage, state.fail_beta),
+            c, num_chains,
         )
-        ess, num_dead, failed, fail_stage, fail_beta, _ = s
         ran = np.isfinite(h.beta)
         n_run = int(np.sum(ran))
         ess_b, ess_i = _argmin(h.ess_before_resampling[ran])
         uniq, uniq_i = _argmin(h.unique_ancestors[ran])
         cess, cess_i = _argmin(h.cess[ran])
         move, move_i = _argmin(h.move_cess[ran])
-        khat = np.where(np.isfinite(h.pareto_khat_before_resampling[ran])
-                        | (h.pareto_khat_before_resampling[ran] == np.inf),
-                        h.pareto_khat_before_resampling[ran], -np.inf)
+        khat = h.pareto_khat_before_resampling[ran]
+        khat = np.where(np.isnan(khat), -np.inf, khat)  # NaN: undefined (tied lattice weights)
         kh_i = int(np.argmax(khat)) if khat.size else -1
         dead_stages = np.flatnonzero(h.num_dead[ran] > 0)
         steps = h.step_size[ran]

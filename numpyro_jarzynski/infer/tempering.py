@@ -180,6 +180,8 @@ class Codec(NamedTuple):
 # A population whose last resampling kept fewer distinct ancestors than this has collapsed:
 # its conditional ESS is trivially near 1 for any β, so it cannot certify the next step.
 COLLAPSED_ANCESTORS = 10
+# ULA stages at β = 1 are Metropolis-adjusted (MALA): their step follows MALA's usual target.
+MALA_TARGET_ACCEPT = 0.65
 
 
 def _khat(log_w):
@@ -501,7 +503,8 @@ def _stage(state, evaluate, codec, config):
     else:
         new_h = jnp.where(
             beta_a >= 1.0,
-            M.adapt_step_size(h, moved.acceptance, 0.65, max_step=config.max_step_size),
+            M.adapt_step_size(h, moved.acceptance, MALA_TARGET_ACCEPT,
+                              max_step=config.max_step_size),
             _ula_step_rule(h, moved.noise, config.target_accept, config.max_step_size),
         )
     n = pop.log_weights.shape[0]
