@@ -145,6 +145,24 @@ def test_unstable_unadjusted_moves_are_detected():
     assert any("unadjusted Langevin moves were unstable" in m for m in msgs), msgs
 
 
+def test_moves_that_barely_move_are_reported():
+    """A step far too small to renew the population after resampling (fixed h = 1e-3 in units
+    of the spread, 2 moves per stage): every per-stage check passes, yet the copies made by
+    resampling never separate. The squared jump between resamplings is about 2·h per stage,
+    far below 0.4; the same run with the adapted step is quiet (previous test file: healthy)."""
+    y = data(50)
+    mcmc, msgs = run_recording(
+        JarzynskiSMC(conj_model, num_particles=500, move="mala", step_size=1e-3,
+                     adapt_step_size=False), y
+    )
+    assert any("moves barely renewed the population" in m for m in msgs), msgs
+    assert mcmc.sampler.last_health[0].median_renewal < 0.05
+    jump = np.asarray(mcmc.last_state.history.jump)
+    assert np.allclose(jump[np.isfinite(jump)], 2e-3, rtol=0.3)
+    _, quiet = run_recording(JarzynskiSMC(conj_model, num_particles=500, move="mala"), y)
+    assert not any("barely renewed" in m for m in quiet), quiet
+
+
 # ---------------------------------------------------------------- 4. float32 weight arithmetic
 @pytest.mark.parametrize("shift", [-1e6, -1e7, -1e8])
 def test_weight_statistics_are_shift_invariant(shift):

@@ -17,6 +17,9 @@ What is checked, per run (chain), with the thresholds below (``docs/trust.md``):
 * **unstable moves**: an unadjusted move whose own Crooks increment had conditional ESS below
   :data:`UNSAFE_CESS` (the step was unstable for the preconditioner);
 * **dead particles**: how many died (NaN or infinite density), first where;
+* **poor mixing**: between two resamplings the moves carried the particles a median squared
+  distance below :data:`POOR_RENEWAL` of their spread (``StageHistory.jump``), so the copies a
+  resampling makes stay together and the error is larger than the other checks show;
 * **heavy tails**: Pareto k-hat of the weights before resampling above 0.7 at some stage;
 * **final population**: ESS below :data:`COLLAPSE_PARTICLES` particles.
 """
@@ -31,6 +34,7 @@ import numpy as np
 COLLAPSE_PARTICLES = 10
 UNSAFE_CESS = 0.1
 KHAT_THRESHOLD = 0.7
+POOR_RENEWAL = 0.4
 
 
 class SMCFailure(FloatingPointError):
@@ -65,6 +69,7 @@ class RunHealth:
     first_dead_stage: int
     max_khat_before_resampling: float
     max_khat_stage: int
+    median_renewal: float  # median squared jump of the moves between two resamplings
     suggested_num_warmup: int
     failed: bool
     fail_stage: int
@@ -102,6 +107,19 @@ def _needed_stages(cess, betas, target):
     return int(np.sum(np.maximum(1, np.ceil(steps[anneal & np.isfinite(betas)]))))
 
 
+def _renewals(jump, resampled, betas):
+    """How far the moves carried the particles between one resampling and the next, during
+    the annealing: the sum of the stages' ``jump`` from a stage that resampled up to the next
+    one. Duplicates made by a resampling are only told apart by the moves after it."""
+    if not betas.size:
+        return np.zeros(0)
+    anneal = np.concatenate([[True], betas[:-1] < 1.0])
+    jump = np.where(np.isfinite(jump), jump, 0.0)[anneal]
+    starts = np.flatnonzero(resampled[anneal] > 0)
+    ends = np.append(starts[1:], jump.size)
+    return np.array([jump[a:b].sum() for a, b in zip(starts, ends)])
+
+
 def _chain_view(tree, c, num_chains):
     def pick(v):
         v = np.asarray(jax.device_get(v))
@@ -135,6 +153,7 @@ def run_health(state, num_particles, target_ess=0.9, num_chains=None):
         dead_stages = np.flatnonzero(h.num_dead[ran] > 0)
         steps = h.step_size[ran]
         reductions = int(np.sum(steps[1:] < 0.5 * steps[:-1])) if steps.size > 1 else 0
+        renewal = _renewals(h.jump[ran], h.resampled[ran], h.beta[ran])
         out.append(RunHealth(
             chain=c,
             num_particles=int(num_particles),
@@ -155,6 +174,7 @@ def run_health(state, num_particles, target_ess=0.9, num_chains=None):
             first_dead_stage=int(dead_stages[0]) if dead_stages.size else -1,
             max_khat_before_resampling=float(khat[kh_i]) if kh_i >= 0 else float("nan"),
             max_khat_stage=kh_i,
+            median_renewal=float(np.median(renewal)) if renewal.size else float("nan"),
             suggested_num_warmup=_needed_stages(h.cess[ran], h.beta[ran], target_ess),
             failed=bool(failed),
             fail_stage=int(fail_stage),
@@ -224,10 +244,14 @@ def messages(h):
             f"In chain {c}, {h.num_dead} particle(s) died (density NaN or infinite), first "
             + (f"at {_where(h, h.first_dead_stage)}" if h.first_dead_stage >= 0
                else "among the initial (prior) draws")
-            + ". The posterior is then the part where the model's "
-            "density is finite and the evidence leaves the rest out. If the model should be "
-            "finite everywhere, fix it (constrain the parameters, compute in log space), or "
-            "start from init_particles inside the valid region."
+            + (". The unadjusted Langevin moves were unstable in this run, so these are most "
+               "likely divergences: a step overshot into a region where the density overflows. "
+               "Use move='mala' (it rejects such proposals) or a smaller step_size."
+               if h.num_unstable_stages and h.first_dead_stage >= 0 else
+               ". The posterior is then the part where the model's "
+               "density is finite and the evidence leaves the rest out. If the model should be "
+               "finite everywhere, fix it (constrain the parameters, compute in log space), or "
+               "start from init_particles inside the valid region.")
         )
     if h.max_khat_before_resampling > KHAT_THRESHOLD:
         out.append(
@@ -236,6 +260,17 @@ def messages(h):
             f"{KHAT_THRESHOLD}): the increments are heavy-tailed, and the evidence can be biased "
             "even when independent runs agree. Use more stages (num_warmup), a higher "
             "target_ess, or more particles."
+        )
+    if h.median_renewal < POOR_RENEWAL and not h.failed:
+        out.append(
+            f"In chain {c}, the moves barely renewed the population between resamplings: "
+            f"between two resamplings they moved the particles a median squared distance of "
+            f"{h.median_renewal:.2f} of their spread (a fresh draw is 1; below {POOR_RENEWAL} "
+            "flags). The copies made by each resampling stay close together, so the evidence "
+            "and the posterior have a larger error than the stage checks show, and independent "
+            "runs can share a bias. Use more num_moves (the step is small for this posterior: "
+            "its scales differ or are correlated), move='mala' instead of 'ula', or reparametrise "
+            "the model (e.g. non-centred hierarchies)."
         )
     if h.final_ess * n < COLLAPSE_PARTICLES and not h.failed:
         out.append(

@@ -73,21 +73,6 @@ class ParticleCache(NamedTuple):
         return self.grad_log_prior + beta * self.grad_log_lik
 
 
-STAGE_FIELDS = (
-    "beta",
-    "ess",
-    "ess_before_resampling",
-    "unique_ancestors",
-    "cess",
-    "move_cess",
-    "log_evidence_increment",
-    "acceptance_rate",
-    "step_size",
-    "resampled",
-    "pareto_khat",
-    "pareto_khat_before_resampling",
-    "num_dead",
-)
 
 
 class StageHistory(NamedTuple):
@@ -100,7 +85,10 @@ class StageHistory(NamedTuple):
     ``move_cess``: smallest conditional ESS of the moves' own Crooks increments (1 for
     Metropolis-adjusted moves); ``resampled``: number of resamplings in the stage;
     ``pareto_khat_before_resampling``: k-hat of the weights before resampling;
-    ``num_dead``: particles that died in the stage (density NaN or infinite).
+    ``num_dead``: particles that died in the stage (density NaN or infinite); ``jump``: how far
+    the stage's moves carried the particles, ``Σ_moves E_w‖(x' − x)/s‖²/(2d)`` in units of the
+    preconditioner's scale ``s`` (about 1 per move for a kernel that renews the population,
+    near 0 when the moves barely move it; 1 for a model with no continuous sites).
     """
 
     beta: jax.Array
@@ -116,6 +104,10 @@ class StageHistory(NamedTuple):
     pareto_khat: jax.Array
     pareto_khat_before_resampling: jax.Array
     num_dead: jax.Array
+    jump: jax.Array
+
+
+STAGE_FIELDS = StageHistory._fields
 
 
 class SMCState(NamedTuple):
@@ -301,9 +293,18 @@ def _langevin(key, x, cache, beta, h, scale, evaluate, disc):
     return x_new, evaluate(x_new, disc)
 
 
-def _mala_moves(key, x, cache, beta, h, scale, evaluate, disc, num_moves):
+def _jump(log_weights, x, x_new, scale):
+    """``E_w‖(x' − x)/s‖²/(2d)``: one move's squared jump in units of the scale (about 1 for
+    a move that draws afresh from a Gaussian of spread ``s``)."""
+    w = jax.nn.softmax(jnp.where(jnp.isfinite(log_weights), log_weights, -jnp.inf))
+    sq = jnp.sum(jnp.square(_finite(x_new - x) / scale), axis=-1)
+    return jnp.sum(w * sq) / (2.0 * x.shape[-1])
+
+
+def _mala_moves(key, x, cache, beta, h, scale, evaluate, disc, num_moves, log_weights):
+    one = jnp.ones((), cache.log_prior.dtype)
     if x.shape[-1] == 0:  # purely discrete model: nothing to move here (Gibbs does it)
-        return x, cache, jnp.ones((), cache.log_prior.dtype)
+        return x, cache, one, one
 
     def body(carry, k):
         x, cache = carry
@@ -314,10 +315,11 @@ def _mala_moves(key, x, cache, beta, h, scale, evaluate, disc, num_moves):
             c_new.log_density(beta), c_new.grad(beta), h, scale,
         )
         accept, prob = M.mala_accept(k_acc, log_ratio)
-        return M.select(accept, (x_new, c_new), (x, cache)), jnp.mean(prob)
+        out = M.select(accept, (x_new, c_new), (x, cache))
+        return out, (jnp.mean(prob), _jump(log_weights, x, out[0], scale))
 
-    (x, cache), probs = jax.lax.scan(body, (x, cache), jax.random.split(key, num_moves))
-    return x, cache, jnp.mean(probs)
+    (x, cache), (probs, jumps) = jax.lax.scan(body, (x, cache), jax.random.split(key, num_moves))
+    return x, cache, jnp.mean(probs), jnp.sum(jumps)
 
 
 class _Moved(NamedTuple):
@@ -334,6 +336,7 @@ class _Moved(NamedTuple):
     resample: ResampleInfo  # worst of the stage's resampling checks
     khat_before: jax.Array  # k-hat of the weights after the annealing increment
     num_dead: jax.Array  # particles killed by the stage's increments
+    jump: jax.Array  # squared jump of the stage's moves in units of the scale (StageHistory)
 
 
 def _worse(a, b):
@@ -363,11 +366,12 @@ def _mala_stage(key, state, pop, disc, evaluate, config):
         k_res, pop, config.resample_threshold, config.resampling, state.cache, disc
     )
     scale, pooled = crossfit_scale(pop, state.scale)
-    x, cache, acc = _mala_moves(k_move, pop.x, cache, beta_b, h, scale, evaluate, disc,
-                                config.num_moves)
+    x, cache, acc, jump = _mala_moves(k_move, pop.x, cache, beta_b, h, scale, evaluate, disc,
+                                      config.num_moves, pop.log_weights)
     one = jnp.ones((), cess.dtype)
     moved = _Moved(pop._replace(x=x), cache, disc, beta_b, cess, one, 0.0 * one, acc,
-                   res._replace(resampled=res.resampled.astype(jnp.int32)), khat_before, dead)
+                   res._replace(resampled=res.resampled.astype(jnp.int32)), khat_before, dead,
+                   jump)
     return moved, pooled
 
 
@@ -400,6 +404,7 @@ def _ula_stage(key, state, pop, disc, evaluate, config):
     new_w = W.add_increment(pop.log_weights, inc)
     dead = _deaths(pop.log_weights, new_w)
     khat_before = _khat(new_w)
+    first_jump = _jump(pop.log_weights, x, x_new, scale)
     pop = pop._replace(x=x_new, log_weights=new_w)
 
     def body(carry, k):
@@ -412,23 +417,30 @@ def _ula_stage(key, state, pop, disc, evaluate, config):
         )
         move_cess = W.conditional_ess(pop.log_weights, inc)
         prob = jnp.mean(M.mala_accept(k_move, inc)[1])
+        jump = _jump(pop.log_weights, pop.x, x_new, scale)
         new_w = W.add_increment(pop.log_weights, inc)
         dead = dead + _deaths(pop.log_weights, new_w)
         pop = pop._replace(x=x_new, log_weights=new_w)
         pop, cache, disc, r = resample_if(
             k_res, pop, config.resample_threshold, config.resampling, c_new, disc
         )
-        return (pop, cache, disc, _worse(res, r), dead), (move_cess, prob)
+        return (pop, cache, disc, _worse(res, r), dead), (move_cess, prob, jump)
 
-    (pop, cache, disc, res, dead), (move_cess, probs) = jax.lax.scan(
+    (pop, cache, disc, res, dead), (move_cess, probs, jumps) = jax.lax.scan(
         body, (pop, c_new, disc, res, dead), jax.random.split(k_rest, config.num_moves - 1)
     )
-    all_cess = jnp.concatenate([first_noise_cess[None], move_cess])
-    noise = -jnp.sum(jnp.log(jnp.clip(all_cess, 1e-30, 1.0)))
+    # The step rule reads the discretisation noise of the moves at fixed β_b. The first
+    # move's own part also carries the lag behind the moving target (O(Δβ·h), not O(h³)):
+    # shrinking h cannot remove it, only stop the particles mixing. It is used only when it
+    # is the stage's only move.
+    later = -jnp.sum(jnp.log(jnp.clip(move_cess, 1e-30, 1.0)))
+    first = -jnp.log(jnp.clip(first_noise_cess, 1e-30, 1.0))
+    noise = later if config.num_moves > 1 else first
     acc = jnp.mean(jnp.concatenate([proxy[None], probs]))
     min_move = jnp.min(jnp.concatenate([jnp.ones((1,), cess.dtype), move_cess]))
+    jump = first_jump + jnp.sum(jumps) if x.shape[-1] else jnp.ones((), cess.dtype)
     return _Moved(pop, cache, disc, beta_b, cess, min_move, noise, acc, res, khat_before,
-                  dead), pooled
+                  dead, jump), pooled
 
 
 def _ula_step_rule(h, noise, target, max_step):
@@ -517,6 +529,7 @@ def _stage(state, evaluate, codec, config):
         "acceptance_rate": moved.acceptance, "step_size": h,
         "resampled": res.resampled.astype(jnp.int32), "pareto_khat": khat,
         "pareto_khat_before_resampling": moved.khat_before, "num_dead": num_dead,
+        "jump": moved.jump,
     }
     idx = jnp.minimum(i, state.history.beta.shape[0] - 1)
     in_warmup = i < config.num_stages
