@@ -82,7 +82,9 @@ def test_ula_correction_is_exact_with_a_large_step(data):
     """h = 1.2 (preconditioned): plain ULA's stationary variance is 1/(1 − h/2) = 2.5 times
     the posterior's, yet the weighted variance and the log evidence are right. Checked on the
     last annealing stage (stages after β = 1 are Metropolis-adjusted and would fix the walkers
-    themselves)."""
+    themselves). The Crooks increments carry real weight (their conditional ESS is far from 1),
+    so the weighted answer would be off without them: the resampling after each move is what
+    brings the walkers back to the posterior."""
     y = data[:, :2]
     log_z, _, post_var = conjugate_truth(y)
 
@@ -97,8 +99,8 @@ def test_ula_correction_is_exact_with_a_large_step(data):
     mcmc = MCMC(kernel, num_warmup=20, num_samples=1, num_chains=8, chain_method="vectorized",
                 progress_bar=False)
     mcmc.warmup(jax.random.key(1), y, collect_warmup=True, extra_fields=("log_weights",))
-    z = np.asarray(mcmc.get_samples(group_by_chain=True)["z"][:, -1])
-    assert z.var(1).mean() > 2 * post_var  # the walkers alone are badly off
+    move_cess = np.asarray(mcmc.last_state.history.move_cess)
+    assert np.median(move_cess) < 0.7, np.median(move_cess)  # the increments do real work
     _, var = weighted_moments(mcmc, "z")
     assert abs(var.mean() - post_var) < 0.015
     est = np.asarray(mcmc.last_state.log_evidence, np.float64)

@@ -30,6 +30,7 @@ from numpyro.infer.mcmc import MCMCKernel
 from numpyro.util import is_prng_key
 
 from numpyro_jarzynski.engine import schedules
+from numpyro_jarzynski.engine.kernels import as_kernel
 from numpyro_jarzynski.engine.resampling import get_scheme
 from numpyro_jarzynski.infer import model_bridge as bridge
 from numpyro_jarzynski.infer import report
@@ -43,9 +44,8 @@ from numpyro_jarzynski.infer.tempering import (
     smc_step,
 )
 
-_MOVES = ("ula", "mala")
-# On a Gaussian preconditioned by its own spread the Langevin step x' = (1 − h)x + ... is
-# unstable for h ≥ 2: no user step may reach it.
+# On a Gaussian preconditioned by its own spread the Langevin step x' = (1 − h)x + ... and the
+# leapfrog step are unstable for h ≥ 2: no user step may reach it.
 STEP_SIZE_LIMIT = 2.0
 FEW_PARTICLES = 100
 MIN_TARGET_ESS = 0.1
@@ -82,11 +82,15 @@ class JarzynskiSMC(MCMCKernel):
 
     :param model: a NumPyro model.
     :param int num_particles: number of particles N.
-    :param str move: ``"mala"`` (Metropolis-adjusted, invariant) or ``"ula"`` (unadjusted,
-        with the Crooks weight correction that makes it exact).
+    :param move: the transition kernel, a move value from
+        :mod:`numpyro_jarzynski.engine.kernels` or its name: ``"mala"`` (Metropolis-adjusted
+        Langevin, invariant), ``"ula"`` (unadjusted Langevin, with the Crooks weight
+        correction that makes it exact), ``"hmc"`` (Hamiltonian Monte Carlo, invariant;
+        ``HMC(num_steps=L)`` for L leapfrog steps) or ``"uhmc"`` (unadjusted HMC with its
+        exact Crooks increment ``−ΔH``; ``UHMC(num_steps=L)``). See ``docs/moves.md``.
     :param float step_size: initial dimensionless step ``h`` (moves are preconditioned by the
         particles' per-coordinate spread). Default ``d^{-1/3}`` for MALA, ``0.5 d^{-1/3}``
-        for ULA.
+        for ULA, ``d^{-1/4}`` for HMC, ``0.5 d^{-1/4}`` for unadjusted HMC.
     :param int num_moves: moves per stage.
     :param schedule: ``"adaptive"`` (bisection on the conditional ESS), ``"linear"``,
         ``"geometric"``, or an array with one β per warmup stage ending at 1.
@@ -96,8 +100,9 @@ class JarzynskiSMC(MCMCKernel):
     :param resampling: ``"systematic"``, ``"stratified"``, ``"multinomial"``, ``"residual"``
         or a function ``(key, log_weights, n) -> indices``.
     :param bool adapt_step_size: adapt ``h`` between stages toward ``target_accept``.
-    :param float target_accept: MALA acceptance (or ULA's Metropolis proxy) to aim for;
-        default 0.65 for MALA and 0.8 for ULA.
+    :param float target_accept: for MALA and HMC the acceptance rate to aim for (default
+        0.65); for ULA and unadjusted HMC the conditional ESS of a stage's Crooks noise
+        (default 0.9).
     :param init_particles: dict mapping sites to arrays of exact prior draws (constrained,
         leading dimension N) or to proper distributions to start from (importance-corrected;
         required for ``ImproperUniform`` priors).
@@ -135,8 +140,7 @@ class JarzynskiSMC(MCMCKernel):
     ):
         if model is None or not callable(model):
             raise ValueError("JarzynskiSMC needs a NumPyro model (a callable).")
-        if move not in _MOVES:
-            raise ValueError(f"move must be one of {_MOVES}, got {move!r}.")
+        move = as_kernel(move)
         num_particles = _check_count("num_particles", num_particles, 2)
         if num_particles < FEW_PARTICLES:
             warnings.warn(
@@ -172,10 +176,10 @@ class JarzynskiSMC(MCMCKernel):
                 raise ValueError(f"step_size must be a positive number, got {step_size!r}.")
             if step_size >= STEP_SIZE_LIMIT:
                 raise ValueError(
-                    f"step_size={step_size} is beyond the stability limit of Langevin moves: "
+                    f"step_size={step_size} is beyond the stability limit of the moves: "
                     "the step is dimensionless (in units of the particles' spread) and a step "
                     f"h >= {STEP_SIZE_LIMIT} diverges even on a Gaussian. Use step_size < 1 "
-                    "(or leave it None for the default d^(-1/3) with adaptation)."
+                    "(or leave it None for the move's default with adaptation)."
                 )
         if isinstance(schedule, str) and schedule not in ("adaptive", "linear", "geometric"):
             raise ValueError(
@@ -195,7 +199,7 @@ class JarzynskiSMC(MCMCKernel):
         self.resampling = resampling
         self.adapt_step_size = bool(adapt_step_size)
         self.target_accept = (
-            target_accept if target_accept is not None else (0.65 if move == "mala" else 0.9)
+            target_accept if target_accept is not None else move.default_target
         )
         self.init_particles = init_particles
         self.prior_factors = tuple(prior_factors)
@@ -270,8 +274,7 @@ class JarzynskiSMC(MCMCKernel):
         )
 
     def _default_step_size(self, dim):
-        base = 1.0 if self.move == "mala" else 0.5
-        return min(base * max(dim, 1) ** (-1.0 / 3.0), 1.0)
+        return min(self.move.default_step(dim), self.move.max_step)
 
     # ----------------------------------------------------------------- MCMCKernel API
     def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
@@ -324,12 +327,7 @@ class JarzynskiSMC(MCMCKernel):
             self._model, model_args, model_kwargs or {}, self._spec, self._unravel,
             self.num_sweeps, self.scan,
         )
-        changes = {"discrete_move": move}
-        if self._dim == 0:
-            # No continuous coordinates: ULA's Crooks increment reduces to the annealing work,
-            # which the "mala" stage adds directly (and it skips the empty Langevin moves).
-            changes["move"] = "mala"
-        return dataclasses.replace(config, **changes)
+        return dataclasses.replace(config, discrete_move=move)
 
     def sample(self, state, model_args, model_kwargs):
         model_kwargs = model_kwargs or {}

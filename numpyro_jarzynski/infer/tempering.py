@@ -25,11 +25,19 @@ stages would have been needed.
 
 **Step size.** Moves are preconditioned by the weighted per-coordinate spread of the
 population (cross-fitted, diagonal). The dimensionless step ``h`` is adapted between stages
-from the previous stage's moves only: MALA toward ``target_accept``; ULA so that the
-weight noise of a whole stage (its moves' Crooks terms beyond the annealing work, measured by
-their conditional ESS) stays at ``target_accept``: ``h ← h·(log ρ* / log ρ)^{1/3}``, the
-``h³`` law of Langevin's discretisation error. More moves per stage therefore take smaller
-steps instead of adding noise.
+from the previous stage's moves only: invariant moves (MALA, HMC) toward the acceptance
+``target_accept``; unadjusted moves (ULA, unadjusted HMC) so that the weight noise of a whole
+stage (its moves' Crooks terms at fixed β, measured by their conditional ESS) stays at
+``target_accept``: ``h ← h·(log ρ* / log ρ)^{e}``, with ``e = 1/3`` for Langevin's ``h³``
+discretisation error and ``1/4`` for the leapfrog's ``ε⁴``. More moves per stage therefore
+take smaller steps instead of adding noise.
+
+**The stage.** Every move is a value from :mod:`numpyro_jarzynski.engine.kernels`. A stage
+books the annealing work ``(β_b − β_a)·log L(x)`` (``β_b`` chosen on its conditional ESS),
+resamples if the ESS is low, and applies ``num_moves`` moves at ``γ_b``; an unadjusted move's
+Crooks increment goes into the weights, with a resampling check after each move. Once β = 1
+an unadjusted move is replaced by its Metropolis-adjusted twin (ULA → MALA, UHMC → HMC), so
+stages there only mix and add nothing to the evidence.
 
 **Trouble is recorded, not raised.** Every stage writes its ESS before resampling, the number
 of distinct ancestors it kept, the conditional ESS of every increment it applied, and the
@@ -47,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from numpyro_jarzynski.engine import kernels as K
 from numpyro_jarzynski.engine import moves as M
 from numpyro_jarzynski.engine import weights as W
 from numpyro_jarzynski.engine.population import (
@@ -148,7 +157,7 @@ class SMCState(NamedTuple):
 class TemperingConfig:
     """Static settings of a tempering run (hashable: part of the compiled program)."""
 
-    move: str = "mala"
+    move: Any = K.MALA()  # a move value (numpyro_jarzynski.engine.kernels)
     num_moves: int = 2
     num_stages: int = 100
     schedule: tuple | None = None  # None = adaptive
@@ -158,7 +167,6 @@ class TemperingConfig:
     resampling: Any = "systematic"
     adapt_step_size: bool = True
     target_accept: float = 0.65
-    max_step_size: float = 1.0
     discrete_move: Callable | None = None  # (key, beta, x, disc) -> disc
 
 
@@ -172,8 +180,6 @@ class Codec(NamedTuple):
 # A population whose last resampling kept fewer distinct ancestors than this has collapsed:
 # its conditional ESS is trivially near 1 for any β, so it cannot certify the next step.
 COLLAPSED_ANCESTORS = 10
-# ULA stages at β = 1 are Metropolis-adjusted (MALA): their step follows MALA's usual target.
-MALA_TARGET_ACCEPT = 0.65
 
 
 def _khat(log_w):
@@ -288,11 +294,6 @@ def _work_cess(log_w, log_lik, beta_a):
     return lambda beta_b: W.conditional_ess(log_w, (beta_b - beta_a) * work)
 
 
-def _langevin(key, x, cache, beta, h, scale, evaluate, disc):
-    x_new = M.langevin_proposal(key, x, cache.grad(beta), h, scale)
-    return x_new, evaluate(x_new, disc)
-
-
 def _jump(log_weights, x, x_new, scale):
     """``E_w‖(x' − x)/s‖²/(2d)``: one move's squared jump in units of the scale (about 1 for
     a move that draws afresh from a Gaussian of spread ``s``)."""
@@ -301,25 +302,10 @@ def _jump(log_weights, x, x_new, scale):
     return jnp.sum(w * sq) / (2.0 * x.shape[-1])
 
 
-def _mala_moves(key, x, cache, beta, h, scale, evaluate, disc, num_moves, log_weights):
-    one = jnp.ones((), cache.log_prior.dtype)
-    if x.shape[-1] == 0:  # purely discrete model: nothing to move here (Gibbs does it)
-        return x, cache, one, one
-
-    def body(carry, k):
-        x, cache = carry
-        k_prop, k_acc = jax.random.split(k)
-        x_new, c_new = _langevin(k_prop, x, cache, beta, h, scale, evaluate, disc)
-        log_ratio = M.langevin_log_increment(
-            x, x_new, cache.log_density(beta), cache.grad(beta),
-            c_new.log_density(beta), c_new.grad(beta), h, scale,
-        )
-        accept, prob = M.mala_accept(k_acc, log_ratio)
-        out = M.select(accept, (x_new, c_new), (x, cache))
-        return out, (jnp.mean(prob), _jump(log_weights, x, out[0], scale))
-
-    (x, cache), (probs, jumps) = jax.lax.scan(body, (x, cache), jax.random.split(key, num_moves))
-    return x, cache, jnp.mean(probs), jnp.sum(jumps)
+def _target(evaluate, beta, disc):
+    """The tempered density ``γ_β`` at fixed discrete state, as a move sees it."""
+    return K.Target(lambda x: evaluate(x, disc), lambda c: c.log_density(beta),
+                    lambda c: c.grad(beta))
 
 
 class _Moved(NamedTuple):
@@ -352,7 +338,11 @@ def _deaths(log_w_before, log_w_after):
     return jnp.sum(jnp.isfinite(log_w_before) & ~jnp.isfinite(log_w_after)).astype(jnp.int32)
 
 
-def _mala_stage(key, state, pop, disc, evaluate, config):
+def _move_stage(key, state, pop, disc, evaluate, config, kernel):
+    """Reweight by the annealing work ``(β_b − β_a)·log L`` (``β_b`` chosen on its CESS),
+    resample if the ESS is low, then ``num_moves`` moves of ``kernel`` at ``γ_b``. An
+    unadjusted kernel's Crooks increments are added to the weights, with a resampling check
+    after each move; an invariant kernel's are zero."""
     k_res, k_move = jax.random.split(key)
     beta_a, h = state.beta, state.step_size
     beta_b = _choose_beta(config, state, _work_cess(pop.log_weights, state.cache.log_lik, beta_a))
@@ -365,89 +355,47 @@ def _mala_stage(key, state, pop, disc, evaluate, config):
     pop, cache, disc, res = resample_if(
         k_res, pop, config.resample_threshold, config.resampling, state.cache, disc
     )
-    scale, pooled = crossfit_scale(pop, state.scale)
-    x, cache, acc, jump = _mala_moves(k_move, pop.x, cache, beta_b, h, scale, evaluate, disc,
-                                      config.num_moves, pop.log_weights)
-    one = jnp.ones((), cess.dtype)
-    moved = _Moved(pop._replace(x=x), cache, disc, beta_b, cess, one, 0.0 * one, acc,
-                   res._replace(resampled=res.resampled.astype(jnp.int32)), khat_before, dead,
-                   jump)
-    return moved, pooled
-
-
-def _ula_stage(key, state, pop, disc, evaluate, config):
-    """Resample if needed; first move γ_a → γ_b (``β_b`` chosen on the annealing work, the
-    first move's increment evaluated at it), then ``num_moves − 1`` moves at ``β_b``, each
-    with its Crooks increment and a resampling check after it."""
-    k_res, k_first, k_rest = jax.random.split(key, 3)
-    beta_a, h = state.beta, state.step_size
-    pop, cache, disc, res = resample_if(
-        k_res, pop, config.resample_threshold, config.resampling, state.cache, disc
-    )
     res = res._replace(resampled=res.resampled.astype(jnp.int32))
     scale, pooled = crossfit_scale(pop, state.scale)
-    x = pop.x
-    x_new, c_new = _langevin(k_first, x, cache, beta_a, h, scale, evaluate, disc)
-    moved_state = state._replace(log_weights=pop.log_weights, cache=cache,
-                                 num_unique=jnp.minimum(state.num_unique, res.num_unique))
-    beta_b = _choose_beta(config, moved_state,
-                          _work_cess(pop.log_weights, cache.log_lik, beta_a))
-    work = (beta_b - beta_a) * _finite(cache.log_lik)
-    inc = M.langevin_log_increment(
-        x, x_new, cache.log_density(beta_a), cache.grad(beta_a),
-        c_new.log_density(beta_b), c_new.grad(beta_b), h, scale,
-    )
-    cess = W.conditional_ess(pop.log_weights, inc)
-    # The move's own part (beyond the annealing work) measures its discretisation error.
-    first_noise_cess = W.conditional_ess(pop.log_weights, inc - work)
-    proxy = jnp.mean(M.mala_accept(k_first, inc - work)[1])
-    new_w = W.add_increment(pop.log_weights, inc)
-    dead = _deaths(pop.log_weights, new_w)
-    khat_before = _khat(new_w)
-    first_jump = _jump(pop.log_weights, x, x_new, scale)
-    pop = pop._replace(x=x_new, log_weights=new_w)
+    one = jnp.ones((), cess.dtype)
+    if pop.x.shape[-1] == 0:  # purely discrete model: nothing to move here (Gibbs does it)
+        return _Moved(pop, cache, disc, beta_b, cess, one, 0.0 * one, one, res, khat_before,
+                      dead, one), pooled
 
     def body(carry, k):
         pop, cache, disc, res, dead = carry
         k_move, k_res = jax.random.split(k)
-        x_new, c_new = _langevin(k_move, pop.x, cache, beta_b, h, scale, evaluate, disc)
-        inc = M.langevin_log_increment(
-            pop.x, x_new, cache.log_density(beta_b), cache.grad(beta_b),
-            c_new.log_density(beta_b), c_new.grad(beta_b), h, scale,
-        )
-        move_cess = W.conditional_ess(pop.log_weights, inc)
-        prob = jnp.mean(M.mala_accept(k_move, inc)[1])
-        jump = _jump(pop.log_weights, pop.x, x_new, scale)
-        new_w = W.add_increment(pop.log_weights, inc)
-        dead = dead + _deaths(pop.log_weights, new_w)
-        pop = pop._replace(x=x_new, log_weights=new_w)
-        pop, cache, disc, r = resample_if(
-            k_res, pop, config.resample_threshold, config.resampling, c_new, disc
-        )
-        return (pop, cache, disc, _worse(res, r), dead), (move_cess, prob, jump)
+        out = kernel.step(k_move, pop.x, cache, _target(evaluate, beta_b, disc), h, scale)
+        jump = _jump(pop.log_weights, pop.x, out.x, scale)
+        move_cess = one
+        if not kernel.invariant:
+            move_cess = W.conditional_ess(pop.log_weights, out.log_increment)
+            new_w = W.add_increment(pop.log_weights, out.log_increment)
+            dead = dead + _deaths(pop.log_weights, new_w)
+            pop = pop._replace(x=out.x, log_weights=new_w)
+            pop, cache, disc, r = resample_if(
+                k_res, pop, config.resample_threshold, config.resampling, out.cache, disc
+            )
+            res = _worse(res, r)
+        else:
+            pop, cache = pop._replace(x=out.x), out.cache
+        return (pop, cache, disc, res, dead), (move_cess, jnp.mean(out.acceptance), jump)
 
-    (pop, cache, disc, res, dead), (move_cess, probs, jumps) = jax.lax.scan(
-        body, (pop, c_new, disc, res, dead), jax.random.split(k_rest, config.num_moves - 1)
+    (pop, cache, disc, res, dead), (move_cess, acc, jumps) = jax.lax.scan(
+        body, (pop, cache, disc, res, dead), jax.random.split(k_move, config.num_moves)
     )
-    # The step rule reads the discretisation noise of the moves at fixed β_b. The first
-    # move's own part also carries the lag behind the moving target (O(Δβ·h), not O(h³)):
-    # shrinking h cannot remove it, only stop the particles mixing. It is used only when it
-    # is the stage's only move.
-    later = -jnp.sum(jnp.log(jnp.clip(move_cess, 1e-30, 1.0)))
-    first = -jnp.log(jnp.clip(first_noise_cess, 1e-30, 1.0))
-    noise = later if config.num_moves > 1 else first
-    acc = jnp.mean(jnp.concatenate([proxy[None], probs]))
-    min_move = jnp.min(jnp.concatenate([jnp.ones((1,), cess.dtype), move_cess]))
-    jump = first_jump + jnp.sum(jumps) if x.shape[-1] else jnp.ones((), cess.dtype)
-    return _Moved(pop, cache, disc, beta_b, cess, min_move, noise, acc, res, khat_before,
-                  dead, jump), pooled
+    # The step rule of an unadjusted kernel reads the stage's Crooks noise at fixed β_b.
+    noise = -jnp.sum(jnp.log(jnp.clip(move_cess, 1e-30, 1.0)))
+    return _Moved(pop, cache, disc, beta_b, cess, jnp.min(move_cess), noise, jnp.mean(acc), res,
+                  khat_before, dead, jnp.sum(jumps)), pooled
 
 
-def _ula_step_rule(h, noise, target, max_step):
-    """``h ← h·(log ρ*/log ρ)^{1/3}``: the stage's Crooks noise (variance ``−log CESS``) grows
-    like ``h³``; the factor is kept in [0.1, 2] per stage and ``h`` at most ``max_step``."""
+def _noise_step_rule(h, noise, target, max_step, exponent):
+    """``h ← h·(log ρ*/log ρ)^{e}``: the stage's Crooks noise (variance ``−log CESS``) grows
+    like ``h^{1/e}`` (ULA ``h³``, unadjusted HMC ``ε⁴``); the factor is kept in [0.1, 1.3] per
+    stage and ``h`` at most ``max_step``."""
     want = -jnp.log(target)
-    factor = jnp.clip((want / jnp.maximum(noise, 1e-8)) ** (1.0 / 3.0), 0.1, 2.0)
+    factor = jnp.clip((want / jnp.maximum(noise, 1e-8)) ** exponent, 0.1, 1.3)
     return jnp.minimum(h * factor, max_step)
 
 
@@ -482,14 +430,15 @@ def _stage(state, evaluate, codec, config):
     pop = Population(x, state.log_weights, state.log_z_banked)
     log_z_before = state.log_evidence
 
-    if config.move == "mala":
-        moved, pooled = _mala_stage(k_stage, state, pop, disc, evaluate, config)
+    kernel = config.move
+    if kernel.invariant:
+        moved, pooled = _move_stage(k_stage, state, pop, disc, evaluate, config, kernel)
     else:
         # Nothing left to anneal (β = 1): the same proposals with the Metropolis test.
         moved, pooled = jax.lax.cond(
             beta_a >= 1.0,
-            lambda: _mala_stage(k_stage, state, pop, disc, evaluate, config),
-            lambda: _ula_stage(k_stage, state, pop, disc, evaluate, config),
+            lambda: _move_stage(k_stage, state, pop, disc, evaluate, config, kernel.adjusted()),
+            lambda: _move_stage(k_stage, state, pop, disc, evaluate, config, kernel),
         )
     pop, cache, disc, beta_b = moved.pop, moved.cache, moved.disc, moved.beta_b
     num_dead = moved.num_dead
@@ -509,15 +458,16 @@ def _stage(state, evaluate, codec, config):
     khat = _khat(pop.log_weights)
     if not config.adapt_step_size:
         new_h = h
-    elif config.move == "mala":
+    elif kernel.invariant:
         new_h = M.adapt_step_size(h, moved.acceptance, config.target_accept,
-                                  max_step=config.max_step_size)
+                                  max_step=kernel.max_step)
     else:
         new_h = jnp.where(
             beta_a >= 1.0,
-            M.adapt_step_size(h, moved.acceptance, MALA_TARGET_ACCEPT,
-                              max_step=config.max_step_size),
-            _ula_step_rule(h, moved.noise, config.target_accept, config.max_step_size),
+            M.adapt_step_size(h, moved.acceptance, kernel.adjusted().default_target,
+                              max_step=kernel.max_step),
+            _noise_step_rule(h, moved.noise, config.target_accept, kernel.max_step,
+                             kernel.noise_exponent),
         )
     n = pop.log_weights.shape[0]
     stats = {

@@ -1,0 +1,249 @@
+"""Moves as values: every transition kernel of the engine, with its weight increment.
+
+A move is a frozen dataclass of its static settings (hashable, so it is part of the compiled
+program) with one pure method,
+
+``step(key, x, cache, target, step_size, scale) -> MoveResult(x, cache, log_increment, acceptance)``
+
+for a batch of ``N`` particles (``x`` ``(N, d)``). ``target`` is a :class:`Target`: how to
+evaluate particles (``evaluate(x) -> cache``) and how to read ``log γ`` and ``∇ log γ`` off a
+cache. ``scale`` (``(d,)`` or per particle ``(N, d)``) is the diagonal preconditioner: the
+moves work in units of it, so ``step_size`` is dimensionless.
+
+``log_increment`` is the move's Crooks term
+
+.. math::  \\Delta A = \\log\\frac{\\gamma(x')\\, L(x \\mid x')}{\\gamma(x)\\, M(x' \\mid x)},
+
+zero for a kernel that leaves ``γ`` invariant (``invariant = True``). The stage that uses a
+move books the annealing work ``log γ_b(x) − log γ_a(x)`` first and then moves at ``γ_b``, so
+for every move the weighted particles stay exact for ``γ_b`` whatever the step: an invariant
+kernel by invariance, an unadjusted one by its increment (the forward and backward kernels of
+an unadjusted move are both built on ``γ_b``). Each increment is written once, next to its
+proposal, and the same expression is the Metropolis log-ratio of the adjusted twin
+(``adjusted()``): MALA is ULA's proposal with the test, HMC is unadjusted HMC's.
+
+Moves: :class:`ULA`, :class:`MALA`, :class:`HMC`, :class:`UHMC`. ``tests/test_kernels.py``
+checks every one of them with the same contract (weighted moments and ``log Z_b/Z_a`` exact
+on a Gaussian path at a large step).
+"""
+
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from numpyro_jarzynski.engine import moves as M
+
+
+class Target(NamedTuple):
+    """The density a move targets: ``evaluate(x) -> cache`` and readers of the cache."""
+
+    evaluate: Callable
+    log_density: Callable
+    grad: Callable
+
+
+class MoveResult(NamedTuple):
+    x: jax.Array
+    cache: Any
+    log_increment: jax.Array  # (N,) Crooks term; 0 for invariant moves
+    acceptance: jax.Array  # (N,) Metropolis probability (unadjusted: min(1, exp ΔA))
+
+
+def _finite_or(v, fill):
+    return jnp.where(jnp.isfinite(v), v, fill)
+
+
+def _accept_proxy(log_ratio):
+    return jnp.where(jnp.isfinite(log_ratio), jnp.exp(jnp.minimum(log_ratio, 0.0)), 0.0)
+
+
+# --------------------------------------------------------------------------------- Langevin
+@dataclass(frozen=True)
+class ULA:
+    """Unadjusted Langevin: ``x' = x + h s²∇log γ(x) + √(2h) s ξ`` with its Crooks increment
+    (:func:`numpyro_jarzynski.engine.moves.langevin_log_increment`, forward and backward
+    kernels both ULA at ``γ``). One gradient per move; exact in weights for any ``h < 2``."""
+
+    name = "ula"
+    invariant = False
+    grads_per_move = 1
+    max_step = 1.0
+    default_target = 0.9  # CESS of a stage's Crooks noise (the step rule)
+    noise_exponent = 1.0 / 3.0  # variance of the Crooks noise grows like h³
+
+    def default_step(self, dim):
+        return 0.5 * max(dim, 1) ** (-1.0 / 3.0)
+
+    def adjusted(self):
+        return MALA()
+
+    def step(self, key, x, cache, target, step_size, scale):
+        x_new = M.langevin_proposal(key, x, target.grad(cache), step_size, scale)
+        c_new = target.evaluate(x_new)
+        inc = M.langevin_log_increment(
+            x, x_new, target.log_density(cache), target.grad(cache),
+            target.log_density(c_new), target.grad(c_new), step_size, scale,
+        )
+        return MoveResult(x_new, c_new, inc, _accept_proxy(inc))
+
+
+@dataclass(frozen=True)
+class MALA:
+    """Metropolis-adjusted Langevin: ULA's proposal, accepted with probability
+    ``min(1, exp ΔA)`` (ULA's increment at a fixed target is the MH log-ratio). Invariant."""
+
+    name = "mala"
+    invariant = True
+    grads_per_move = 1
+    max_step = 1.0
+    default_target = 0.65  # acceptance rate
+    noise_exponent = 1.0 / 3.0
+
+    def default_step(self, dim):
+        return max(dim, 1) ** (-1.0 / 3.0)
+
+    def adjusted(self):
+        return self
+
+    def step(self, key, x, cache, target, step_size, scale):
+        k_prop, k_acc = jax.random.split(key)
+        prop = ULA().step(k_prop, x, cache, target, step_size, scale)
+        accept, prob = M.mala_accept(k_acc, prop.log_increment)
+        x_new, c_new = M.select(accept, (prop.x, prop.cache), (x, cache))
+        return MoveResult(x_new, c_new, jnp.zeros_like(prob), prob)
+
+
+# -------------------------------------------------------------------------------- Hamiltonian
+def leapfrog(x, p, cache, target, eps, scale, num_steps):
+    """``num_steps`` leapfrog steps in whitened momentum (``p ~ N(0, I)``, mass
+    ``diag(1/scale²)``): ``p += ε/2·s∇log γ``, ``x += ε s p``, ``p += ε/2·s∇log γ``.
+    Symplectic and reversible (``(x', −p')`` maps back to ``(x, −p)``), volume preserving.
+    ``eps`` is ``(N, 1)`` (a step per particle); one evaluation per step."""
+
+    def body(carry, _):
+        x, p, c = carry
+        p = p + 0.5 * eps * scale * _finite_or(target.grad(c), 0.0)
+        x = x + eps * scale * p
+        c = target.evaluate(x)
+        p = p + 0.5 * eps * scale * _finite_or(target.grad(c), 0.0)
+        return (x, p, c), None
+
+    (x, p, cache), _ = jax.lax.scan(body, (x, p, cache), None, length=num_steps)
+    return x, p, cache
+
+
+def _hamiltonian_proposal(key, x, cache, target, step_size, scale, num_steps, jitter):
+    """Fresh momentum, a jittered step per particle (an auxiliary draw independent of ``x``,
+    the same forward and backward), ``num_steps`` leapfrog steps. Returns the proposal and
+    ``−ΔH = log γ(x') − ½|p'|² − log γ(x) + ½|p|²`` (NaN or inf → −inf)."""
+    k_p, k_eps = jax.random.split(key)
+    p = jax.random.normal(k_p, x.shape, x.dtype)
+    u = jax.random.uniform(k_eps, x.shape[:1] + (1,), x.dtype, -1.0, 1.0)
+    eps = step_size * (1.0 + jitter * u)
+    x_new, p_new, c_new = leapfrog(x, p, cache, target, eps, scale, num_steps)
+    neg_dh = (target.log_density(c_new) - 0.5 * jnp.sum(p_new**2, -1)) - (
+        target.log_density(cache) - 0.5 * jnp.sum(p**2, -1)
+    )
+    return x_new, c_new, jnp.where(jnp.isfinite(neg_dh), neg_dh, -jnp.inf)
+
+
+@dataclass(frozen=True)
+class UHMC:
+    """Unadjusted Hamiltonian Monte Carlo, weighted exactly.
+
+    Forward kernel on the extended space ``(x, p)``: draw ``p ~ N(0, I)`` (whitened), run
+    ``num_steps`` leapfrog steps ``Φ`` under ``γ`` (step ``ε`` jittered per particle), keep
+    ``x'`` and drop ``p'``. Backward kernel: draw ``p' ~ N(0, I)``, run ``Φ`` from
+    ``(x', −p')`` (reversibility gives back ``(x, −p)``). ``Φ`` is volume preserving, so the
+    Crooks increment is the ratio of the extended densities,
+
+    .. math::
+
+        \\Delta A = \\log\\frac{\\gamma(x')\\,\\mathcal N(p'; 0, I)}{\\gamma(x)\\,\\mathcal N(p; 0, I)}
+                  = -\\Delta H ,
+
+    minus the energy error of the trajectory: the weighted walkers are exact for ``γ`` at any
+    step where the leapfrog stays finite, with no rejection, so every gradient moves the
+    particles and the integration error is paid in weights (HMC's Metropolis test uses the same
+    ``−ΔH``). ``num_steps`` gradients per move.
+    """
+
+    num_steps: int = 5
+    jitter: float = 0.2
+
+    name = "uhmc"
+    invariant = False
+    max_step = 1.8
+    default_target = 0.9
+    noise_exponent = 0.25  # the energy error's variance grows like ε⁴
+
+    @property
+    def grads_per_move(self):
+        return self.num_steps
+
+    def default_step(self, dim):
+        return 0.5 * max(dim, 1) ** (-0.25)
+
+    def adjusted(self):
+        return HMC(self.num_steps, self.jitter)
+
+    def step(self, key, x, cache, target, step_size, scale):
+        x_new, c_new, inc = _hamiltonian_proposal(key, x, cache, target, step_size, scale,
+                                                  self.num_steps, self.jitter)
+        return MoveResult(x_new, c_new, inc, _accept_proxy(inc))
+
+
+@dataclass(frozen=True)
+class HMC:
+    """Hamiltonian Monte Carlo: :class:`UHMC`'s proposal accepted with probability
+    ``min(1, exp(−ΔH))``. Invariant; ``num_steps`` gradients per move."""
+
+    num_steps: int = 5
+    jitter: float = 0.2
+
+    name = "hmc"
+    invariant = True
+    max_step = 1.8
+    default_target = 0.65
+    noise_exponent = 0.25
+
+    @property
+    def grads_per_move(self):
+        return self.num_steps
+
+    def default_step(self, dim):
+        return max(dim, 1) ** (-0.25)
+
+    def adjusted(self):
+        return self
+
+    def step(self, key, x, cache, target, step_size, scale):
+        k_prop, k_acc = jax.random.split(key)
+        x_new, c_new, log_ratio = _hamiltonian_proposal(
+            k_prop, x, cache, target, step_size, scale, self.num_steps, self.jitter
+        )
+        accept, prob = M.mala_accept(k_acc, log_ratio)
+        x_out, c_out = M.select(accept, (x_new, c_new), (x, cache))
+        return MoveResult(x_out, c_out, jnp.zeros_like(prob), prob)
+
+
+KERNELS = {"ula": ULA, "mala": MALA, "hmc": HMC, "uhmc": UHMC}
+
+
+def as_kernel(move):
+    """A move value from a move or its name (``"ula"``, ``"mala"``, ``"hmc"``, ``"uhmc"``)."""
+    if isinstance(move, str):
+        if move not in KERNELS:
+            raise ValueError(
+                f"move must be one of {tuple(KERNELS)} or a move value from "
+                f"numpyro_jarzynski.engine.kernels (e.g. HMC(num_steps=10)), got {move!r}."
+            )
+        return KERNELS[move]()
+    if isinstance(move, tuple(KERNELS.values())):
+        return move
+    raise TypeError(
+        f"move must be a name in {tuple(KERNELS)} or a move value (ULA(), MALA(), HMC(...), "
+        f"UHMC(...)), got {type(move).__name__}."
+    )
