@@ -13,8 +13,9 @@ Targets (float32, exact log Z in float64):
 Both samplers run at the same N, the same adaptive target ESS and (as near as adaptivity allows)
 the same number of gradient evaluations of the log density per particle:
 
-* ours: ``num_moves`` gradients per stage (prior and likelihood parts are cached, so changing
-  β costs no gradient), ``K`` stages, plus the initial evaluation: ``K·m + 1``;
+* ours: MALA and ULA with ``m = G`` moves per stage, HMC and unadjusted HMC (``UHMC``) with
+  ``(G − 1) / L`` moves of ``L`` leapfrog steps (prior and likelihood parts are cached, so
+  changing β costs no gradient), ``K`` stages, plus the initial evaluation;
 * BlackJAX: each stage re-initialises its inner kernel at the new temperature (one gradient),
   then MALA costs one gradient per step and HMC ``L`` per step: ``T·(steps·L + 1)``, where
   ``T`` is the number of adaptive stages it needed (measured).
@@ -50,7 +51,8 @@ from blackjax.smc.resampling import systematic
 from jax.scipy.special import logsumexp
 from numpyro.infer import MCMC
 
-from numpyro_jarzynski import JarzynskiSMC
+from numpyro_jarzynski import HMC, UHMC, JarzynskiSMC
+from numpyro_jarzynski.engine.kernels import as_kernel
 from numpyro_jarzynski.engine import resampling as R
 from numpyro_jarzynski.engine import schedules as S
 from numpyro_jarzynski.engine import weights as W
@@ -186,7 +188,7 @@ def run_ours(problem, move, keys, n, num_warmup, num_moves, target_ess, repeats)
     stages = num_warmup + 1
     return {
         "log_z": log_z, "z": np.asarray(z), "log_w": np.asarray(log_w), "compile_s": compile_s, "run_s": run_s,
-        "cpu_s": cpu_s, "mcmc_wall_s": mcmc_wall, "stages": float(stages), "grads": float(stages * num_moves + 1),
+        "cpu_s": cpu_s, "mcmc_wall_s": mcmc_wall, "stages": float(stages), "grads": float(stages * num_moves * as_kernel(move).grads_per_move + 1),
         "natural_stages": float(np.mean(np.asarray(natural))), "loop_diff": float(diff.max()),
     }
 
@@ -366,9 +368,14 @@ def main(argv=None):
             problem, "hmc", keys, n, (g - 1) // a.leapfrog, a.leapfrog, a.target_ess, repeats)
         # Same budget: our stage count K + 1 = BlackJAX's mean stage count, g moves per stage.
         stages = max(2, round(results["bj-mala"]["stages"]))
-        for move in ("mala", "ula"):
-            results[f"ours-{move}"] = run_ours(
-                problem, move, keys, n, stages - 1, g, a.target_ess, repeats)
+        # Hamiltonian moves: (g − 1) // L moves of L leapfrog steps (one gradient fewer per
+        # stage than the others: our cache makes BlackJAX's re-initialising gradient free).
+        ours = {"mala": ("mala", g), "ula": ("ula", g),
+                "hmc": (HMC(num_steps=a.leapfrog), (g - 1) // a.leapfrog),
+                "uhmc": (UHMC(num_steps=a.leapfrog), (g - 1) // a.leapfrog)}
+        for name_, (move, moves) in ours.items():
+            results[f"ours-{name_}"] = run_ours(
+                problem, move, keys, n, stages - 1, moves, a.target_ess, repeats)
         floor_wall, floor = gradient_floor(problem, keys, n, repeats)
 
         # "/floor": CPU seconds per gradient evaluation over the CPU seconds of the floor.
@@ -389,14 +396,14 @@ def main(argv=None):
             print(line + ("" if r["finite"] else "  NON-FINITE log Z"))
         print(f"gradient floor (one vmapped value_and_grad, {seeds}x{n} particles): "
               f"{floor_wall:.2e} s wall, {floor:.2e} s cpu")
-        for m in ("ours-mala", "ours-ula"):
+        for m in ("ours-mala", "ours-ula", "ours-hmc", "ours-uhmc"):
             res = results[m]
             print(f"{m}: stages to reach beta=1 on its own {res['natural_stages']:.1f} of "
                   f"{res['stages']:.0f}; MCMC.run end to end (trace+compile+run) "
                   f"{res['mcmc_wall_s']:.1f} s; max |log Z(timed loop) - log Z(MCMC.run)| "
                   f"{res['loop_diff']:.1e}")
         print("ratios ours/BlackJAX (RMSE, wall time, CPU time, grads):")
-        for m in ("ours-mala", "ours-ula"):
+        for m in ("ours-mala", "ours-ula", "ours-hmc", "ours-uhmc"):
             for b in ("bj-mala", "bj-hmc"):
                 print(f"  {m} / {b}: RMSE {rows[m]['rmse'] / rows[b]['rmse']:.2f}, "
                       f"time {results[m]['run_s'] / results[b]['run_s']:.2f}, "

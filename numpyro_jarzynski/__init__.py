@@ -28,6 +28,7 @@ from numpyro_jarzynski.ebm import (
     TrainResult,
     TrainState,
 )
+from numpyro_jarzynski.engine.kernels import HMC, MALA, UHMC, ULA
 from numpyro_jarzynski.infer import JarzynskiSMC, SMCState
 from numpyro_jarzynski.interpolants import (
     GaussianMixtureInterpolant,
@@ -37,6 +38,10 @@ from numpyro_jarzynski.interpolants import (
 
 __version__ = "0.1.0"
 __all__ = [
+    "HMC",
+    "MALA",
+    "UHMC",
+    "ULA",
     "BernoulliRBM",
     "EBMTrainer",
     "EnergyBasedDistribution",

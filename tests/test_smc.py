@@ -271,7 +271,7 @@ def test_bad_inputs(data):
         run_smc(JarzynskiSMC(conjugate_model, num_particles=10, schedule=[0.5, 1.0]), data,
                 warmup=3, chains=1)
     with pytest.raises(ValueError, match="move must be"):
-        JarzynskiSMC(conjugate_model, move="hmc")
+        JarzynskiSMC(conjugate_model, move="nuts")
     with pytest.raises(ValueError, match="Unknown resampling"):
         JarzynskiSMC(conjugate_model, resampling="best")
     with pytest.raises(ValueError, match="prior_factors names"):

@@ -73,14 +73,14 @@ def test_collapse_is_reported_with_stage_and_beta():
     )
     assert any("Weight collapse in chain 0 at stage 0 (β = 0.025)" in m for m in msgs), msgs
     health = mcmc.sampler.last_health[0]
-    assert health.min_ess_before_resampling * 500 < 2
-    assert health.min_unique_ancestors * 500 < 2
+    assert health.min_ess_before_resampling * 500 < 10  # the report's COLLAPSE_PARTICLES
+    assert health.min_unique_ancestors * 500 < 10
     s = summary(mcmc, warn=False)
     assert any("Weight collapse" in m for m in s.warnings)
     tree = to_datatree(mcmc)
     stages = tree["smc_stages"].to_dataset()
-    assert float(stages["ess_before_resampling"].isel(chain=0, stage=0)) < 2 / 500
-    assert float(tree["sample_stats"]["min_unique_ancestors"].values[0]) < 2 / 500
+    assert float(stages["ess_before_resampling"].isel(chain=0, stage=0)) < 10 / 500
+    assert float(tree["sample_stats"]["min_unique_ancestors"].values[0]) < 10 / 500
 
 
 def test_healthy_run_is_quiet_and_right():
@@ -142,7 +142,7 @@ def test_unstable_unadjusted_moves_are_detected():
     _, msgs = run_recording(
         JarzynskiSMC(bimodal, num_particles=500, move="ula", adapt_step_size=False), warmup=40
     )
-    assert any("unadjusted Langevin moves were unstable" in m for m in msgs), msgs
+    assert any("unadjusted moves were unstable" in m for m in msgs), msgs
 
 
 def test_moves_that_barely_move_are_reported():

@@ -231,7 +231,7 @@ def messages(h):
         )
     if h.num_unstable_stages:
         out.append(
-            f"In chain {c}, the unadjusted Langevin moves were unstable at "
+            f"In chain {c}, the unadjusted moves were unstable at "
             f"{h.num_unstable_stages} stage(s) (worst: a move's Crooks increment had conditional "
             f"ESS {h.min_move_cess:.3g} at {_where(h, h.min_move_stage)}): the step was too "
             "large for the preconditioner (a prior-sized scale after a collapse, or a spread "
@@ -244,9 +244,9 @@ def messages(h):
             f"In chain {c}, {h.num_dead} particle(s) died (density NaN or infinite), first "
             + (f"at {_where(h, h.first_dead_stage)}" if h.first_dead_stage >= 0
                else "among the initial (prior) draws")
-            + (". The unadjusted Langevin moves were unstable in this run, so these are most "
+            + (". The unadjusted moves were unstable in this run, so these are most "
                "likely divergences: a step overshot into a region where the density overflows. "
-               "Use move='mala' (it rejects such proposals) or a smaller step_size."
+               "Use move='mala' or 'hmc' (they reject such proposals) or a smaller step_size."
                if h.num_unstable_stages and h.first_dead_stage >= 0 else
                ". The posterior is then the part where the model's "
                "density is finite and the evidence leaves the rest out. If the model should be "
