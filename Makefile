@@ -33,7 +33,7 @@ demo: $(STAMP)
 	MPLBACKEND=Agg $(PY) examples/quickstart.py
 
 test: $(STAMP)
-	MPLBACKEND=Agg $(PY) -m pytest -q tests
+	MPLBACKEND=Agg $(PY) -m pytest -q -n 2 tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check numpyro_jarzynski tests examples benchmarks
