@@ -6,9 +6,9 @@ Two kernels, chosen by the distribution:
   no weight; changing the parameters ``θ_a → θ_b`` adds ``log γ_b(x) − log γ_a(x)`` at the
   walker's (already moved) state. Order matters (design notes §3): move with ``θ_a`` *then*
   reweight at the moved state; moving with ``θ_b`` and then reweighting is biased.
-* **ULA** (continuous energies): not invariant, so every move adds its Crooks increment
-  (:func:`numpyro_jarzynski.engine.moves.langevin_log_increment`); the parameter change is then
-  the same annealing work ``log γ_b(x) − log γ_a(x)``.
+* **ULA** (continuous energies, the engine's :class:`~numpyro_jarzynski.engine.kernels.ULA`
+  move value): not invariant, so every move adds its Crooks increment; the parameter change
+  is then the same annealing work ``log γ_b(x) − log γ_a(x)``.
 
 :func:`anneal_from_base` gives the initial walkers and ``log Z_θ0`` by annealing the tempered-site
 protocol ``base(x)·exp(β·tilt(x))`` from ``β = 0`` (exact draws) to 1.
@@ -17,7 +17,7 @@ protocol ``base(x)·exp(β·tilt(x))`` from ``β = 0`` (exact draws) to 1.
 import jax
 import jax.numpy as jnp
 
-from numpyro_jarzynski.engine import moves as M
+from numpyro_jarzynski.engine import kernels as K
 from numpyro_jarzynski.engine import weights as W
 from numpyro_jarzynski.engine.population import Population, maybe_resample
 
@@ -26,23 +26,12 @@ def uses_gibbs(fn):
     return hasattr(fn, "block_gibbs")
 
 
-def _log_prob_and_grad(f, x):
-    return jax.vmap(jax.value_and_grad(f))(x)
-
-
-def _ula(key, x, lp, grad, target, step_size, num_moves):
-    """``num_moves`` ULA moves at ``target``; returns ``(x, lp, grad, Σ Crooks increments)``."""
+def _ula_moves(key, x, log_prob, step_size, num_moves):
+    """``num_moves`` ULA moves at ``log_prob``; returns ``(x, Σ Crooks increments)``."""
+    target = K.density_target(log_prob)
     ones = jnp.ones(x.shape[-1], x.dtype)
-
-    def body(carry, k):
-        x, lp, grad, acc = carry
-        x_new = M.langevin_proposal(k, x, grad, step_size, ones)
-        lp_new, grad_new = _log_prob_and_grad(target, x_new)
-        inc = M.langevin_log_increment(x, x_new, lp, grad, lp_new, grad_new, step_size, ones)
-        return (x_new, lp_new, grad_new, acc + inc), None
-
-    zero = jnp.zeros(x.shape[0], x.dtype)
-    (x, lp, grad, inc), _ = jax.lax.scan(body, (x, lp, grad, zero), jax.random.split(key, num_moves))
+    x, _, inc, _ = K.run_moves(K.ULA(), key, x, target.evaluate(x), target, step_size, ones,
+                               num_moves)
     return x, inc
 
 
@@ -58,8 +47,7 @@ def move(key, fn, x, num_moves, step_size):
 
         x, _ = jax.lax.scan(body, x, jax.random.split(key, num_moves))
         return x, jnp.zeros(x.shape[0], x.dtype)
-    lp, grad = _log_prob_and_grad(fn.unnormalized_log_prob, x)
-    return _ula(key, x, lp, grad, fn.unnormalized_log_prob, step_size, num_moves)
+    return _ula_moves(key, x, fn.unnormalized_log_prob, step_size, num_moves)
 
 
 def parameter_increment(fn_a, fn_b, x):
@@ -89,28 +77,20 @@ def anneal_from_base(key, fn, num_walkers, num_stages, step_size, num_moves=1,
         return lambda xi: base.log_prob(xi) + beta * fn.tempering_log_tilt(xi)
 
     def stage(pop, inp):
+        # The engine's stage order for every kernel: book the work Δβ·tilt, resample if the
+        # ESS is low, then move at β_b (Gibbs: exact, no increment; ULA: its Crooks terms).
         k, beta_a, beta_b = inp
         k_res, k_move = jax.random.split(k)
+        inc = (beta_b - beta_a) * fn.tempering_log_tilt(pop.x)
+        pop = pop._replace(log_weights=W.add_increment(pop.log_weights, inc))
+        pop, resampled = maybe_resample(k_res, pop, resample_threshold, resampling)
         if discrete:
-            inc = (beta_b - beta_a) * fn.tempering_log_tilt(pop.x)
-            pop = pop._replace(log_weights=W.add_increment(pop.log_weights, inc))
-            pop, resampled = maybe_resample(k_res, pop, resample_threshold, resampling)
             keys = jax.random.split(k_move, num_moves)
-            x = jax.lax.fori_loop(0, num_moves, lambda i, x: fn.gibbs_sweep(keys[i], x, beta_b), pop.x)
-        else:
-            pop, resampled = maybe_resample(k_res, pop, resample_threshold, resampling)
-            lp_a, g_a = _log_prob_and_grad(target(beta_a), pop.x)
-            ones = jnp.ones(pop.x.shape[-1], dtype)
-            k_first, k_rest = jax.random.split(k_move)
-            x_new = M.langevin_proposal(k_first, pop.x, g_a, step_size, ones)
-            lp_b, g_b = _log_prob_and_grad(target(beta_b), x_new)
-            inc = M.langevin_log_increment(pop.x, x_new, lp_a, g_a, lp_b, g_b, step_size, ones)
-            if num_moves > 1:
-                x_new, inc_rest = _ula(k_rest, x_new, lp_b, g_b, target(beta_b), step_size, num_moves - 1)
-                inc = inc + inc_rest
-            pop = pop._replace(log_weights=W.add_increment(pop.log_weights, inc))
-            x = x_new
-        return pop._replace(x=x), resampled
+            x = jax.lax.fori_loop(0, num_moves, lambda i, x: fn.gibbs_sweep(keys[i], x, beta_b),
+                                  pop.x)
+            return pop._replace(x=x), resampled
+        x, inc = _ula_moves(k_move, pop.x, target(beta_b), step_size, num_moves)
+        return pop._replace(x=x, log_weights=W.add_increment(pop.log_weights, inc)), resampled
 
     keys = jax.random.split(key, num_stages)
     pop, _ = jax.lax.scan(stage, pop, (keys, betas[:-1], betas[1:]))

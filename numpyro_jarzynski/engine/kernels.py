@@ -247,3 +247,26 @@ def as_kernel(move):
         f"move must be a name in {tuple(KERNELS)} or a move value (ULA(), MALA(), HMC(...), "
         f"UHMC(...)), got {type(move).__name__}."
     )
+
+
+def density_target(log_prob):
+    """A :class:`Target` for a per-particle log density ``log_prob(x_i)``: the cache is
+    ``(log γ, ∇ log γ)`` from one vmapped ``value_and_grad``."""
+    evaluate = jax.vmap(jax.value_and_grad(log_prob))
+    return Target(evaluate, lambda c: c[0], lambda c: c[1])
+
+
+def run_moves(move, key, x, cache, target, step_size, scale, num_moves):
+    """``num_moves`` moves of ``move`` at a fixed ``target``, with no resampling between them.
+
+    Returns ``(x, cache, Σ log_increment, mean acceptance)``; the summed increment keeps the
+    weighted particles exact for ``target`` (zero for an invariant move)."""
+
+    def body(carry, k):
+        x, cache, inc = carry
+        out = move.step(k, x, cache, target, step_size, scale)
+        return (out.x, out.cache, inc + out.log_increment), jnp.mean(out.acceptance)
+
+    zero = jnp.zeros(x.shape[:1], x.dtype)
+    (x, cache, inc), acc = jax.lax.scan(body, (x, cache, zero), jax.random.split(key, num_moves))
+    return x, cache, inc, jnp.mean(acc)

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from numpyro_jarzynski.engine import moves as M
+from numpyro_jarzynski.engine import kernels as K
 from numpyro_jarzynski.engine import weights as W
 from numpyro_jarzynski.engine.moves import em_log_increment, transport_log_increment
 from numpyro_jarzynski.engine.population import (
@@ -218,13 +218,13 @@ class InterpolantSampler:
         x_mid = x + h * b
         log_p_mid, score_mid = self._density_and_score(t_next, x_mid)
         inc_transport = transport_log_increment(cache.log_p, log_p_mid, jac, h)
+        # Then the engine's ULA move value at ρ_{t+h}, step εh, with its Crooks increment.
+        target = K.Target(lambda y: self._density_and_score(t_next, y), lambda c: c[0],
+                          lambda c: c[1])
         ones = jnp.ones(x.shape[-1], x.dtype)
-        x_new = M.langevin_proposal(key, x_mid, score_mid, eps * h, ones)
-        log_p_new, score_new = self._density_and_score(t_next, x_new)
-        inc_langevin = M.langevin_log_increment(
-            x_mid, x_new, log_p_mid, score_mid, log_p_new, score_new, eps * h, ones
-        )
-        return x_new, _Cache(log_p_new, score_new, cache.velocity), inc_transport + inc_langevin
+        out = K.ULA().step(key, x_mid, (log_p_mid, score_mid), target, eps * h, ones)
+        log_p_new, score_new = out.cache
+        return out.x, _Cache(log_p_new, score_new, cache.velocity), inc_transport + out.log_increment
 
     # --- the scan over time steps -------------------------------------------------------------
     def _integrate(self, rng_key, x0, times, noise_per_step):
