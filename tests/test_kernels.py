@@ -117,3 +117,7 @@ def test_move_names_and_errors():
         K.as_kernel("nuts")
     with pytest.raises(TypeError, match="move value"):
         K.as_kernel(3)
+    with pytest.raises(ValueError, match="num_steps must be an integer >= 1"):
+        K.HMC(num_steps=0)
+    with pytest.raises(ValueError, match="jitter must be in"):
+        K.UHMC(jitter=1.5)

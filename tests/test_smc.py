@@ -61,7 +61,7 @@ def weighted_moments(mcmc, site):
     return mean, var
 
 
-@pytest.mark.parametrize("move", ["mala", "ula"])
+@pytest.mark.parametrize("move", ["mala", "ula", "hmc", "uhmc"])
 def test_conjugate_gaussian_evidence_and_posterior(data, move):
     log_z, post_mean, post_var = conjugate_truth(data)
     mcmc = run_smc(JarzynskiSMC(conjugate_model, num_particles=2000, move=move), data)

@@ -149,6 +149,16 @@ def _hamiltonian_proposal(key, x, cache, target, step_size, scale, num_steps, ji
     return x_new, c_new, jnp.where(jnp.isfinite(neg_dh), neg_dh, -jnp.inf)
 
 
+def _check_hamiltonian(move):
+    n = move.num_steps
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{type(move).__name__}: num_steps must be an integer >= 1 (leapfrog "
+                         f"steps per move), got {n!r}.")
+    if not (isinstance(move.jitter, (int, float)) and 0.0 <= move.jitter < 1.0):
+        raise ValueError(f"{type(move).__name__}: jitter must be in [0, 1) (the step is drawn "
+                         f"from ε·(1 ± jitter)), got {move.jitter!r}.")
+
+
 @dataclass(frozen=True)
 class UHMC:
     """Unadjusted Hamiltonian Monte Carlo, weighted exactly.
@@ -174,6 +184,9 @@ class UHMC:
     jitter: float = 0.2
 
     name = "uhmc"
+
+    def __post_init__(self):
+        _check_hamiltonian(self)
     invariant = False
     max_step = 1.8
     default_target = 0.9
@@ -204,6 +217,9 @@ class HMC:
     jitter: float = 0.2
 
     name = "hmc"
+
+    def __post_init__(self):
+        _check_hamiltonian(self)
     invariant = True
     max_step = 1.8
     default_target = 0.65
