@@ -179,7 +179,7 @@ def run_health(mcmc):
     sampler = mcmc.sampler
     return report.run_health(
         mcmc.last_state, sampler.num_particles, getattr(sampler, "target_ess", 0.9),
-        num_chains=mcmc.num_chains,
+        num_chains=mcmc.num_chains, num_moves=getattr(sampler, "num_moves", 1),
     )
 
 
@@ -197,7 +197,7 @@ def stage_dataset(mcmc):
         "pareto_khat": "PSIS k-hat of the weights after the stage (-inf: uniform weights)",
         "ess": "normalised Kish ESS after the stage, in (0, 1]",
         "cess": "conditional ESS of the stage's weight increment",
-        "step_size": "dimensionless Langevin step used by the stage's moves",
+        "step_size": "dimensionless step of the stage's moves (Langevin h or leapfrog ε)",
         "ess_before_resampling": "smallest normalised ESS of the stage before any resampling "
         "(shows a collapse that resampling hides)",
         "unique_ancestors": "fraction of distinct ancestors kept by the stage's resamplings",
@@ -206,6 +206,10 @@ def stage_dataset(mcmc):
         "increment, before resampling",
         "num_dead": "particles that died in the stage (density NaN or infinite)",
         "resampled": "number of resamplings in the stage",
+        "jump": "squared jump of the stage's moves, in units of the preconditioner's scale "
+        "(about 1 per move for a fresh draw)",
+        "num_divergent": "proposals that landed where the density or its gradient is not "
+        "finite (rejected, or left in place by unadjusted moves)",
     }
     ds = xr.Dataset(
         {k: (("chain", "stage"), v, {"description": attrs.get(k, "")}) for k, v in data.items()},

@@ -49,6 +49,19 @@ class MoveResult(NamedTuple):
     cache: Any
     log_increment: jax.Array  # (N,) Crooks term; 0 for invariant moves
     acceptance: jax.Array  # (N,) Metropolis probability (unadjusted: min(1, exp ΔA))
+    diverged: jax.Array  # (N,) bool: the proposal's density or gradient was not finite
+
+
+def _stay_if_diverged(x, cache, x_new, c_new, inc, target):
+    """An unadjusted move whose proposal lands where ``log γ`` or its gradient is not finite
+    leaves the particle in place with increment 0. This is exact: the forward and backward
+    kernels are the same kernel at ``γ``, so the atom at ``x`` (the probability of diverging
+    from ``x``) has the same mass in both, and their ratio is 1. The continuous part keeps its
+    Crooks increment (the backward move lands on ``x``, which is finite)."""
+    ok = jnp.isfinite(target.log_density(c_new)) & jnp.all(
+        jnp.isfinite(target.grad(c_new)), axis=-1)
+    x_out, c_out = M.select(ok, (x_new, c_new), (x, cache))
+    return x_out, c_out, jnp.where(ok, inc, 0.0), ~ok
 
 
 def _finite_or(v, fill):
@@ -79,14 +92,21 @@ class ULA:
     def adjusted(self):
         return MALA()
 
-    def step(self, key, x, cache, target, step_size, scale):
+    def propose(self, key, x, cache, target, step_size, scale):
+        """The bare proposal and its increment (−inf where it diverged)."""
         x_new = M.langevin_proposal(key, x, target.grad(cache), step_size, scale)
         c_new = target.evaluate(x_new)
         inc = M.langevin_log_increment(
             x, x_new, target.log_density(cache), target.grad(cache),
             target.log_density(c_new), target.grad(c_new), step_size, scale,
         )
-        return MoveResult(x_new, c_new, inc, _accept_proxy(inc))
+        return MoveResult(x_new, c_new, inc, _accept_proxy(inc), ~jnp.isfinite(inc))
+
+    def step(self, key, x, cache, target, step_size, scale):
+        prop = self.propose(key, x, cache, target, step_size, scale)
+        x_out, c_out, inc, div = _stay_if_diverged(x, cache, prop.x, prop.cache,
+                                                   prop.log_increment, target)
+        return MoveResult(x_out, c_out, inc, _accept_proxy(prop.log_increment), div)
 
 
 @dataclass(frozen=True)
@@ -109,10 +129,10 @@ class MALA:
 
     def step(self, key, x, cache, target, step_size, scale):
         k_prop, k_acc = jax.random.split(key)
-        prop = ULA().step(k_prop, x, cache, target, step_size, scale)
+        prop = ULA().propose(k_prop, x, cache, target, step_size, scale)
         accept, prob = M.mala_accept(k_acc, prop.log_increment)
         x_new, c_new = M.select(accept, (prop.x, prop.cache), (x, cache))
-        return MoveResult(x_new, c_new, jnp.zeros_like(prob), prob)
+        return MoveResult(x_new, c_new, jnp.zeros_like(prob), prob, prop.diverged)
 
 
 # -------------------------------------------------------------------------------- Hamiltonian
@@ -205,7 +225,8 @@ class UHMC:
     def step(self, key, x, cache, target, step_size, scale):
         x_new, c_new, inc = _hamiltonian_proposal(key, x, cache, target, step_size, scale,
                                                   self.num_steps, self.jitter)
-        return MoveResult(x_new, c_new, inc, _accept_proxy(inc))
+        x_out, c_out, inc_out, div = _stay_if_diverged(x, cache, x_new, c_new, inc, target)
+        return MoveResult(x_out, c_out, inc_out, _accept_proxy(inc), div)
 
 
 @dataclass(frozen=True)
@@ -242,7 +263,7 @@ class HMC:
         )
         accept, prob = M.mala_accept(k_acc, log_ratio)
         x_out, c_out = M.select(accept, (x_new, c_new), (x, cache))
-        return MoveResult(x_out, c_out, jnp.zeros_like(prob), prob)
+        return MoveResult(x_out, c_out, jnp.zeros_like(prob), prob, ~jnp.isfinite(log_ratio))
 
 
 KERNELS = {"ula": ULA, "mala": MALA, "hmc": HMC, "uhmc": UHMC}

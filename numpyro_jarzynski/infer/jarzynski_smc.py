@@ -379,7 +379,8 @@ class JarzynskiSMC(MCMCKernel):
         state = mcmc.last_state
         chains = mcmc.num_chains
         self.last_health = report.report_run(
-            state, self.num_particles, self.target_ess, num_chains=chains, stacklevel=4
+            state, self.num_particles, self.target_ess, num_chains=chains, stacklevel=4,
+            num_moves=self.num_moves,
         )
 
     @property

@@ -20,6 +20,8 @@ What is checked, per run (chain), with the thresholds below (``docs/trust.md``):
 * **poor mixing**: between two resamplings the moves carried the particles a median squared
   distance below :data:`POOR_RENEWAL` of their spread (``StageHistory.jump``), so the copies a
   resampling makes stay together and the error is larger than the other checks show;
+* **divergences**: more than :data:`DIVERGENT_FRACTION` of a stage's proposals landed where
+  the density or its gradient is not finite (kept exact, but the moves did little);
 * **heavy tails**: Pareto k-hat of the weights before resampling above 0.7 at some stage;
 * **final population**: ESS below :data:`COLLAPSE_PARTICLES` particles.
 """
@@ -35,6 +37,7 @@ COLLAPSE_PARTICLES = 10
 UNSAFE_CESS = 0.1
 KHAT_THRESHOLD = 0.7
 POOR_RENEWAL = 0.4
+DIVERGENT_FRACTION = 0.1
 
 
 class SMCFailure(FloatingPointError):
@@ -70,6 +73,8 @@ class RunHealth:
     max_khat_before_resampling: float
     max_khat_stage: int
     median_renewal: float  # median squared jump of the moves between two resamplings
+    max_divergent_fraction: float  # largest fraction of a stage's proposals that diverged
+    max_divergent_stage: int
     suggested_num_warmup: int
     failed: bool
     fail_stage: int
@@ -128,7 +133,7 @@ def _chain_view(tree, c, num_chains):
     return jax.tree.map(pick, tree)
 
 
-def run_health(state, num_particles, target_ess=0.9, num_chains=None):
+def run_health(state, num_particles, target_ess=0.9, num_chains=None, num_moves=1):
     """:class:`RunHealth` of every run in ``state`` (an ``SMCState``, with a leading chain axis
     when there are several runs). Returns a list, one entry per chain."""
     beta = np.asarray(jax.device_get(state.beta))
@@ -154,6 +159,8 @@ def run_health(state, num_particles, target_ess=0.9, num_chains=None):
         steps = h.step_size[ran]
         reductions = int(np.sum(steps[1:] < 0.5 * steps[:-1])) if steps.size > 1 else 0
         renewal = _renewals(h.jump[ran], h.resampled[ran], h.beta[ran])
+        div = h.num_divergent[ran] / (num_particles * max(int(num_moves), 1))
+        div_i = int(np.argmax(div)) if div.size else -1
         out.append(RunHealth(
             chain=c,
             num_particles=int(num_particles),
@@ -175,6 +182,8 @@ def run_health(state, num_particles, target_ess=0.9, num_chains=None):
             max_khat_before_resampling=float(khat[kh_i]) if kh_i >= 0 else float("nan"),
             max_khat_stage=kh_i,
             median_renewal=float(np.median(renewal)) if renewal.size else float("nan"),
+            max_divergent_fraction=float(div[div_i]) if div_i >= 0 else 0.0,
+            max_divergent_stage=div_i,
             suggested_num_warmup=_needed_stages(h.cess[ran], h.beta[ran], target_ess),
             failed=bool(failed),
             fail_stage=int(fail_stage),
@@ -272,6 +281,15 @@ def messages(h):
             "its scales differ or are correlated), move='mala' instead of 'ula', or reparametrise "
             "the model (e.g. non-centred hierarchies)."
         )
+    if h.max_divergent_fraction > DIVERGENT_FRACTION and not h.failed:
+        out.append(
+            f"In chain {c}, {100 * h.max_divergent_fraction:.0f}% of the moves' proposals "
+            f"diverged at {_where(h, h.max_divergent_stage)} (the density or its gradient was "
+            "not finite there). They were rejected or left in place, which keeps the weights "
+            "exact, but the moves did little: the step is too large for part of the "
+            "posterior (often a funnel: reparametrise, e.g. non-centred), or the model is "
+            "not finite everywhere."
+        )
     if h.final_ess * n < COLLAPSE_PARTICLES and not h.failed:
         out.append(
             f"In chain {c}, the final population has an ESS of {h.final_ess * n:.1f} of {n} "
@@ -281,12 +299,12 @@ def messages(h):
     return out
 
 
-def report_run(state, num_particles, target_ess, num_chains=None, stacklevel=3):
+def report_run(state, num_particles, target_ess, num_chains=None, stacklevel=3, num_moves=1):
     """Warn about every problem of the run; raise :class:`SMCFailure` if a run failed.
 
     Returns the list of :class:`RunHealth`.
     """
-    health = run_health(state, num_particles, target_ess, num_chains)
+    health = run_health(state, num_particles, target_ess, num_chains, num_moves)
     for h in health:
         for m in messages(h):
             if h.failed and m.startswith("Every particle"):

@@ -97,7 +97,10 @@ class StageHistory(NamedTuple):
     ``num_dead``: particles that died in the stage (density NaN or infinite); ``jump``: how far
     the stage's moves carried the particles, ``Σ_moves E_w‖(x' − x)/s‖²/(2d)`` in units of the
     preconditioner's scale ``s`` (about 1 per move for a kernel that renews the population,
-    near 0 when the moves barely move it; 1 for a model with no continuous sites).
+    near 0 when the moves barely move it; 1 for a model with no continuous sites);
+    ``num_divergent``: proposals of the stage's moves that landed where the density or its
+    gradient is not finite (rejected by adjusted moves; left in place, exactly, by unadjusted
+    ones).
     """
 
     beta: jax.Array
@@ -114,6 +117,7 @@ class StageHistory(NamedTuple):
     pareto_khat_before_resampling: jax.Array
     num_dead: jax.Array
     jump: jax.Array
+    num_divergent: jax.Array
 
 
 STAGE_FIELDS = StageHistory._fields
@@ -206,7 +210,8 @@ def init_state(rng_key, z, log_weights, cache, step_size, num_stages, codec):
     h = max(num_stages, 1)
     nan = jnp.full((h,), jnp.nan, dtype)
     history = StageHistory(
-        **{f: (jnp.zeros((h,), jnp.int32) if f in ("resampled", "num_dead") else nan)
+        **{f: (jnp.zeros((h,), jnp.int32) if f in ("resampled", "num_dead", "num_divergent")
+            else nan)
            for f in STAGE_FIELDS}
     )
     zero = jnp.zeros((), dtype)
@@ -323,6 +328,7 @@ class _Moved(NamedTuple):
     khat_before: jax.Array  # k-hat of the weights after the annealing increment
     num_dead: jax.Array  # particles killed by the stage's increments
     jump: jax.Array  # squared jump of the stage's moves in units of the scale (StageHistory)
+    num_divergent: jax.Array  # proposals that landed on a non-finite density
 
 
 def _worse(a, b):
@@ -360,7 +366,7 @@ def _move_stage(key, state, pop, disc, evaluate, config, kernel):
     one = jnp.ones((), cess.dtype)
     if pop.x.shape[-1] == 0:  # purely discrete model: nothing to move here (Gibbs does it)
         return _Moved(pop, cache, disc, beta_b, cess, one, 0.0 * one, one, res, khat_before,
-                      dead, one), pooled
+                      dead, one, jnp.zeros((), jnp.int32)), pooled
 
     def body(carry, k):
         pop, cache, disc, res, dead = carry
@@ -379,15 +385,16 @@ def _move_stage(key, state, pop, disc, evaluate, config, kernel):
             res = _worse(res, r)
         else:
             pop, cache = pop._replace(x=out.x), out.cache
-        return (pop, cache, disc, res, dead), (move_cess, jnp.mean(out.acceptance), jump)
+        div = jnp.sum(out.diverged).astype(jnp.int32)
+        return (pop, cache, disc, res, dead), (move_cess, jnp.mean(out.acceptance), jump, div)
 
-    (pop, cache, disc, res, dead), (move_cess, acc, jumps) = jax.lax.scan(
+    (pop, cache, disc, res, dead), (move_cess, acc, jumps, divs) = jax.lax.scan(
         body, (pop, cache, disc, res, dead), jax.random.split(k_move, config.num_moves)
     )
     # The step rule of an unadjusted kernel reads the stage's Crooks noise at fixed β_b.
     noise = -jnp.sum(jnp.log(jnp.clip(move_cess, 1e-30, 1.0)))
     return _Moved(pop, cache, disc, beta_b, cess, jnp.min(move_cess), noise, jnp.mean(acc), res,
-                  khat_before, dead, jnp.sum(jumps)), pooled
+                  khat_before, dead, jnp.sum(jumps), jnp.sum(divs)), pooled
 
 
 def _noise_step_rule(h, noise, target, max_step, exponent):
@@ -479,7 +486,7 @@ def _stage(state, evaluate, codec, config):
         "acceptance_rate": moved.acceptance, "step_size": h,
         "resampled": res.resampled.astype(jnp.int32), "pareto_khat": khat,
         "pareto_khat_before_resampling": moved.khat_before, "num_dead": num_dead,
-        "jump": moved.jump,
+        "jump": moved.jump, "num_divergent": moved.num_divergent,
     }
     idx = jnp.minimum(i, state.history.beta.shape[0] - 1)
     in_warmup = i < config.num_stages
