@@ -52,10 +52,10 @@ from jax.scipy.special import logsumexp
 from numpyro.infer import MCMC
 
 from numpyro_jarzynski import HMC, UHMC, JarzynskiSMC
-from numpyro_jarzynski.engine.kernels import as_kernel
 from numpyro_jarzynski.engine import resampling as R
 from numpyro_jarzynski.engine import schedules as S
 from numpyro_jarzynski.engine import weights as W
+from numpyro_jarzynski.engine.kernels import as_kernel
 
 
 # ----------------------------------------------------------------------------- problems

@@ -18,7 +18,7 @@ from numpyro_jarzynski.diagnostics import (
     summary,
     to_datatree,
 )
-from numpyro_jarzynski.distributions import IsingLattice, UniformSpins
+from numpyro_jarzynski.distributions import IsingLattice, PottsLattice, UniformSpins
 from numpyro_jarzynski.ebm import (
     BernoulliRBM,
     EBMTrainer,
@@ -52,6 +52,7 @@ __all__ = [
     "InterpolantSampler",
     "IsingLattice",
     "JarzynskiSMC",
+    "PottsLattice",
     "SMCState",
     "TrainResult",
     "TrainState",

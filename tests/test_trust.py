@@ -108,6 +108,22 @@ def test_short_stage_budget_is_spread_and_reported():
     assert f"num_warmup >= {needed}" in budget[0]
 
 
+def test_budget_well_below_what_target_ess_needs_is_reported():
+    """num_warmup=5 on n = 500: no step falls below CESS 0.1 (so the unsafe-step check is
+    silent), but the steps are far coarser than target_ess asks (about 17 stages needed). On
+    a Poisson GLM the same situation left runs 1.5 nat low with no warning
+    (benchmarks/trust_models.py); the run must say the budget was short and how many stages."""
+    y = data(500)
+    mcmc, msgs = run_recording(JarzynskiSMC(conj_model, num_particles=500), y, warmup=5)
+    h = mcmc.sampler.last_health[0]
+    assert h.min_cess > 0.1 and h.num_unsafe_stages == 0
+    short = [m for m in msgs if "stage budget was short" in m]
+    assert short and f"num_warmup >= {h.suggested_num_warmup}" in short[0], msgs
+    assert 12 <= h.suggested_num_warmup <= 25
+    _, quiet = run_recording(JarzynskiSMC(conj_model, num_particles=500), y, warmup=40)
+    assert not any("budget" in m for m in quiet), quiet
+
+
 def test_bisection_resolves_increments_below_float32_resolution():
     """Log-likelihood spread 1e14 under the prior (prior sd 10, posterior sd 1e-6): the first
     step must be Δβ ≈ 1e-14 with CESS at target, not the old stall guard 1e-6 (CESS 1/N)."""
@@ -197,23 +213,53 @@ def test_huge_log_density_keeps_ess_exact():
 
 
 # ---------------------------------------------------------------- 6. failures mid-run
-def test_every_particle_dying_raises_a_plain_error_and_keeps_the_state():
+def test_proposals_that_all_diverge_keep_the_answer_exact_and_are_reported():
     """The likelihood's value is finite but its gradient is NaN everywhere (the classic
-    ``where``-gradient trap), so every ULA move lands on NaN at stage 0."""
+    ``where``-gradient trap), so every ULA proposal lands on NaN. Such a proposal is left in
+    place with increment 0 (exact: docs/moves.md), so nothing dies and the answer stays right
+    (the factor is 0: log Z = 0 and the posterior is the prior), and the run says that the
+    moves did nothing. (Before: every particle died at stage 0.)"""
 
     def model():
         mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
         numpyro.factor("f", jnp.where(mu > -1e9, 0.0, jnp.sqrt(-jnp.abs(mu) - 1.0)))
 
-    mcmc = MCMC(JarzynskiSMC(model, num_particles=200, move="ula"), num_warmup=5,
-                num_samples=1, progress_bar=False)
+    mcmc, msgs = run_recording(JarzynskiSMC(model, num_particles=500, move="ula"), warmup=5)
+    assert abs(float(mcmc.last_state.log_evidence)) < 1e-6
+    mu = np.asarray(mcmc.get_samples()["mu"][0])
+    assert abs(mu.mean()) < 4 / np.sqrt(500) and abs(mu.std() - 1) < 0.15
+    assert any("100% of the moves' proposals diverged at stage 0" in m for m in msgs), msgs
+    assert int(np.asarray(mcmc.last_state.history.num_divergent)[0]) == 500 * 2
+
+
+def test_every_particle_dying_mid_run_freezes_the_state_and_raises_a_plain_error():
+    """Moves no longer kill particles, so a whole population can only die mid-run when the
+    model itself turns non-finite at the particles (here: a discrete update after which every
+    evaluation is NaN). The stage is frozen at the last good state, the failure is recorded in
+    it, and the report raises a plain FloatingPointError naming chain, stage and β."""
+    from numpyro_jarzynski.infer import report
+    from numpyro_jarzynski.infer import tempering as T
+
+    n = 200
+    x0 = jax.random.normal(jax.random.key(0), (n, 1))
+    good = T.ParticleCache(-0.5 * x0[:, 0] ** 2, jnp.zeros(n), -x0, jnp.zeros_like(x0))
+
+    def evaluate(x, disc):  # NaN once the discrete state has been "updated"
+        bad = jnp.full(x.shape[:1], jnp.nan)
+        return T.ParticleCache(bad, bad, jnp.zeros_like(x), jnp.zeros_like(x))
+
+    codec = T.Codec(lambda z: (z["x"], z["d"]), lambda x, d: {"x": x, "d": d})
+    z = {"x": x0, "d": jnp.zeros(n)}
+    state = T.init_state(jax.random.key(1), z, jnp.zeros(n), good, 0.5, 5, codec)
+    config = T.TemperingConfig(num_stages=5, discrete_move=lambda k, b, x, d: d + 1)
+    step = jax.jit(lambda s: T.smc_step(s, evaluate, codec, config))
+    after = step(step(state))
+    assert bool(after.failed) and int(after.fail_stage) == 0 and int(after.i) == 2
+    assert np.all(np.isfinite(np.asarray(after.log_weights)))  # the last good population
+    np.testing.assert_array_equal(np.asarray(after.z["x"]), np.asarray(state.z["x"]))
     with pytest.raises(FloatingPointError, match=r"chain 0 at stage 0") as err:
-        mcmc.run(jax.random.key(0))
+        report.report_run(after, n, 0.9, num_chains=1)
     assert isinstance(err.value, SMCFailure) and err.value.stage == 0
-    state = mcmc.last_state
-    assert state is not None and bool(state.failed)
-    assert np.all(np.isfinite(np.asarray(state.log_weights)))  # the last good population
-    assert err.value.state is state
 
 
 def test_all_dead_initial_draws_raise_floating_point_error():

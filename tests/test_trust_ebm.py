@@ -66,12 +66,12 @@ def test_trainer_all_walkers_dead_raises_floating_point_error_with_completed_wor
     assert {k: v.shape for k, v in err.history.items()} == {
         k: (3,) for k in ("cross_entropy", "log_z", "ess", "resampled", "loss", "param_max", "dead")
     }
-    np.testing.assert_allclose(err.history["param_max"], [0.31577793, 0.60013896, 0.8531839],
+    np.testing.assert_allclose(err.history["param_max"], [0.31334174, 0.59697533, 0.84728336],
                                rtol=1e-5)
     # The kept state is the last good one (before update 3), healthy, resumable.
     state = err.result.state
     assert int(state.step) == 3 and int(state.failure) == 0 and int(state.failed_at) == -1
-    np.testing.assert_allclose(float(err.result.params["m"]), 0.8531839, rtol=1e-5)
+    np.testing.assert_allclose(float(err.result.params["m"]), 0.84728336, rtol=1e-5)
     assert np.isfinite(np.asarray(state.log_weights)).all()
 
     # The compiled chunks (`steps`, as run uses them) record the failure in the state and
@@ -81,7 +81,7 @@ def test_trainer_all_walkers_dead_raises_floating_point_error_with_completed_wor
         state, stats = trainer._steps_jit(state, DATA3, 2, None, (), {})
         losses.append(np.asarray(stats["loss"]))
     assert (int(state.failure), int(state.failed_at), int(state.step)) == (2, 3, 3)
-    np.testing.assert_allclose(float(state.params["m"]), 0.8531839, rtol=1e-5)
+    np.testing.assert_allclose(float(state.params["m"]), 0.84728336, rtol=1e-5)
     loss = np.concatenate(losses)
     assert np.isfinite(loss[:3]).all() and np.isnan(loss[3:]).all()
 

@@ -27,8 +27,9 @@ checks every one of them with the same contract (weighted moments and ``log Z_b/
 on a Gaussian path at a large step).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -14,6 +14,8 @@ What is checked, per run (chain), with the thresholds below (``docs/trust.md``):
   Kish ESS is N and k-hat is −inf whatever happened, so these are the numbers that see it);
 * **unsafe jumps**: an annealing increment applied with conditional ESS below
   :data:`UNSAFE_CESS` (the stage budget was too small for the path);
+* **short budget**: no step below :data:`UNSAFE_CESS`, but the schedule needed more than
+  :data:`SHORT_BUDGET` times the stages it had (its steps fell well below ``target_ess``);
 * **unstable moves**: an unadjusted move whose own Crooks increment had conditional ESS below
   :data:`UNSAFE_CESS` (the step was unstable for the preconditioner);
 * **dead particles**: how many died (NaN or infinite density), first where;
@@ -38,6 +40,7 @@ UNSAFE_CESS = 0.1
 KHAT_THRESHOLD = 0.7
 POOR_RENEWAL = 0.4
 DIVERGENT_FRACTION = 0.1
+SHORT_BUDGET = 2.5  # warn when the stages needed exceed the budget by this factor
 
 
 class SMCFailure(FloatingPointError):
@@ -108,8 +111,8 @@ def _needed_stages(cess, betas, target):
     ``c`` is ``sqrt(log c / log target)`` target-sized steps (log-normal weights)."""
     c = np.clip(np.where(np.isfinite(cess), cess, 1.0), 1e-12, 1.0)
     anneal = np.concatenate([[True], betas[:-1] < 1.0]) if betas.size else betas.astype(bool)
-    steps = np.sqrt(np.log(c) / math.log(target))
-    return int(np.sum(np.maximum(1, np.ceil(steps[anneal & np.isfinite(betas)]))))
+    steps = np.sqrt(np.log(c) / math.log(target))[anneal & np.isfinite(betas)]
+    return int(max(1, math.ceil(np.sum(steps) - 1e-6)))
 
 
 def _renewals(jump, resampled, betas):
@@ -237,6 +240,15 @@ def messages(h):
             "so the evidence can be biased. The stage budget is too small: use num_warmup >= "
             f"{h.suggested_num_warmup} (estimated from the stages' conditional ESS), or lower "
             "target_ess."
+        )
+    elif h.suggested_num_warmup > SHORT_BUDGET * h.num_stages and not h.failed:
+        out.append(
+            f"In chain {c}, the stage budget was short: to reach β = 1 in {h.num_stages} "
+            f"stages the schedule took steps with conditional ESS down to {h.min_cess:.2f} "
+            f"(at {_where(h, h.min_cess_stage)}; target_ess asks for more), where about "
+            f"{h.suggested_num_warmup} stages were needed. The evidence then carries extra "
+            "variance and a downward bias of the same order, which the spread of a few runs "
+            f"understates. Use num_warmup >= {h.suggested_num_warmup}."
         )
     if h.num_unstable_stages:
         out.append(

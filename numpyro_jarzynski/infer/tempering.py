@@ -157,11 +157,14 @@ class SMCState(NamedTuple):
     rng_key: jax.Array
 
 
+_DEFAULT_MOVE = K.MALA()
+
+
 @dataclass(frozen=True)
 class TemperingConfig:
     """Static settings of a tempering run (hashable: part of the compiled program)."""
 
-    move: Any = K.MALA()  # a move value (numpyro_jarzynski.engine.kernels)
+    move: Any = _DEFAULT_MOVE  # a move value (numpyro_jarzynski.engine.kernels)
     num_moves: int = 2
     num_stages: int = 100
     schedule: tuple | None = None  # None = adaptive
