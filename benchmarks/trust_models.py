@@ -9,8 +9,8 @@ result that issue 9 forbids.
 
 Models (the reproducers of ``TRUST.md``):
 
-* eight schools, centred and non-centred (``tau ~ HalfCauchy(5)``), ULA and MALA, at 8 / 100 /
-  300 stages: the stage budget in both directions, and ULA on a funnel-shaped posterior. The exact
+* eight schools, centred and non-centred (``tau ~ HalfCauchy(5)``), every move (MALA, ULA,
+  HMC, unadjusted HMC), at 8 / 100 / 300 stages: the stage budget in both directions, and ULA on a funnel-shaped posterior. The exact
   log Z is computed by quadrature over (mu, tau) with the school effects integrated analytically.
 * logistic regression on scikit-learn's breast-cancer data (d = 31, standardised, N(0, 1)
   prior), ULA with 2 and 8 moves per stage: more moves must not be worse. Reference: MALA with
@@ -19,7 +19,7 @@ Models (the reproducers of ``TRUST.md``):
   real counts we do not ship), at 10 / 25 / 150 stages: a budget that is too small must warn.
   Reference: MALA with 300 stages.
 
-Run: ``MPLBACKEND=Agg .venv/bin/python benchmarks/trust_models.py`` (about 15 minutes of CPU on
+Run: ``MPLBACKEND=Agg .venv/bin/python benchmarks/trust_models.py`` (about 20 minutes of CPU on
 2 cores); ``--only schools|logistic|poisson`` runs one block.
 """
 
@@ -150,7 +150,7 @@ def main():
         ref = schools_exact()
         header(f"eight schools (exact log Z {ref:.3f})")
         for model, label in ((schools_noncentred, "non-centred"), (schools_centred, "centred")):
-            for move in ("mala", "ula"):
+            for move in ("mala", "ula", "hmc", "uhmc"):
                 for warmup in (8, 100, 300):
                     out = run(model, (S8, Y8), move=move, warmup=warmup, particles=n_p)
                     verdicts.append(report(f"{label} {move} {warmup} stages", out[0], out[1],

@@ -200,6 +200,21 @@ def test_pareto_khat_flags_tied_heavy_weights():
         assert pareto_khat(np.asarray(lw)) == np.inf
 
 
+def test_pareto_khat_of_a_few_weight_levels_is_undefined_not_heavy():
+    """Lattice models give log-weights on a few levels (here 5 levels, ESS > 0.5): no
+    generalised Pareto fit exists, and the fitted number is meaningless (it fired false
+    k > 0.7 warnings on Ising/Potts runs whose log Z was exact). Both k-hats say NaN; a
+    continuous log-normal tail of the same size is still fitted."""
+    from numpyro_jarzynski.diagnostics import pareto_khat
+
+    counts = (1866, 30, 34, 35, 35)
+    lw = jnp.concatenate([jnp.full(c, 0.3 * v) for v, c in enumerate(counts)])
+    assert 0.5 < float(W.ess(lw)) and np.isnan(float(W.pareto_khat(lw)))
+    assert np.isnan(pareto_khat(np.asarray(lw)))
+    normal = jnp.asarray(np.random.default_rng(0).normal(size=2000), jnp.float32)
+    assert 0.0 < float(W.pareto_khat(normal)) < 0.5
+
+
 def test_huge_log_density_keeps_ess_exact():
     """``factor(-1e7)``: every weight shifts by the same constant; stage ESS must be 1."""
 

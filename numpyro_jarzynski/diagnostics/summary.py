@@ -68,8 +68,13 @@ def _khat_one(log_w):
     # ArviZ gives NaN when more than a quarter of the tail is tied at its cutoff: with a low ESS
     # a few heavy particles (or copies of one ancestor) carry the weight, the worst case,
     # reported as +inf so it is flagged; with a healthy ESS (a likelihood with few distinct
-    # values) it stays NaN, as the engine's k-hat does.
-    if np.isnan(khat):
+    # values) it stays NaN, as the engine's k-hat does. The same when the tail takes only a few
+    # distinct values (lattice energies), where ArviZ returns a number that means nothing.
+    n = log_w.shape[0]
+    tail = int(min(0.2 * n, 3 * n**0.5))
+    top = np.sort(finite)[-tail:]
+    few_levels = np.unique(top).size < max(5, tail // 4)  # lattice energies: no GPD fit
+    if np.isnan(khat) or few_levels:
         return np.inf if float(W.ess(jnp.asarray(log_w))) < 0.5 else np.nan
     return float(khat)
 

@@ -105,8 +105,10 @@ def pareto_khat(log_w):
     it can be recorded at every stage inside ``jit``. ``k > 0.7`` means the weights have so heavy
     a tail that weighted estimates are unreliable. Uniform weights (no tail) give ``-inf``.
 
-    When more than a quarter of the tail is tied at the cutoff, no generalised Pareto fit exists
-    (ArviZ returns NaN, "far from a generalised Pareto distribution"). If the normalised ESS is
+    When more than a quarter of the tail is tied at the cutoff, or the tail takes fewer than
+    ``max(5, M/4)`` distinct values, no generalised Pareto fit exists (ArviZ returns NaN, "far
+    from a generalised Pareto distribution", in the first case and a meaningless number in the
+    second). If the normalised ESS is
     also below 1/2, a few particles (or copies of one ancestor) carry the weight: the result is
     ``+inf``, so the ``k > 0.7`` check fires rather than being silenced by a NaN. With a healthy
     ESS the ties come from a likelihood with few distinct values (a lattice model's energies):
@@ -122,7 +124,10 @@ def pareto_khat(log_w):
     x = jnp.exp(lw[-tail:]) - jnp.exp(cutoff)  # exceedances, ascending
     has_tail = x[-1] > 1e-6 * jnp.exp(lw[-1])
     q = int(tail / 4 + 0.5) - 1
-    degenerate = has_tail & (x[q] <= x[0])  # ties at the cutoff: no GPD fit exists
+    # No GPD fit exists when a quarter of the tail is tied at the cutoff, or when the tail
+    # takes only a few distinct values (a lattice model's energies: a handful of levels).
+    distinct = 1 + jnp.sum(x[1:] > x[:-1] * (1 + 1e-6) + 1e-30)
+    degenerate = has_tail & ((x[q] <= x[0]) | (distinct < max(5, tail // 4)))
     ok = has_tail & ~degenerate
     x = jnp.where(ok, x, jnp.linspace(1.0, 2.0, tail))  # placeholder, masked below
     prior = 3.0
