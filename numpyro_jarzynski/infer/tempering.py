@@ -1,19 +1,13 @@
 """The tempering path as pure functions: ``log γ_β(x) = log prior(x) + β log lik(x)``.
 
 One stage takes the weighted population from ``β_a`` to ``β_b`` (fixed schedule, or chosen
-adaptively, see :func:`_choose_beta`) and moves it:
-
-* ``move="mala"`` (invariant kernel): reweight by the annealing work
-  ``ΔA = (β_b − β_a) log lik(x)`` at the current state, resample if the ESS is low, then
-  ``num_moves`` MALA moves that leave ``ρ_{β_b}`` invariant (no further increment).
-* ``move="ula"`` (not invariant): resample if the ESS is low, then ``num_moves`` unadjusted
-  Langevin moves, the first from ``γ_{β_a}`` to ``γ_{β_b}`` and the others at ``β_b``, each
-  adding its Crooks increment (:func:`numpyro_jarzynski.engine.moves.langevin_log_increment`);
-  between two moves the population is resampled when its ESS falls below the threshold.
-  Once the path has ended (``β_a = 1``), a stage has nothing left to anneal: its moves are
-  the same Langevin proposals with the Metropolis test (the Crooks increment at ``a = b`` is
-  exactly the MH log-ratio), so stages at β = 1 only mix and never add weight noise to the
-  evidence.
+adaptively, see :func:`_choose_beta`) and moves it. It treats every move (a value from
+:mod:`numpyro_jarzynski.engine.kernels`) the same way: reweight by the annealing work
+``ΔA = (β_b − β_a) log lik(x)`` at the current state, resample if the ESS is low, then ``num_moves`` moves at ``γ_{β_b}``. An invariant move (MALA, HMC) adds nothing; an
+unadjusted one (ULA, unadjusted HMC) adds its Crooks increment after each move, with a
+resampling check between moves. Once the path has ended (``β_a = 1``) an unadjusted move is
+replaced by its Metropolis-adjusted twin, so stages at β = 1 only mix and never add weight
+noise to the evidence.
 
 **Choosing β.** The adaptive schedule takes the larger of (i) the largest ``β_b`` whose
 annealing work keeps the conditional ESS at ``target_ess`` (bisection on ``log Δβ``) and
