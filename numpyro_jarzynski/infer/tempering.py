@@ -3,7 +3,8 @@
 One stage takes the weighted population from ``β_a`` to ``β_b`` (fixed schedule, or chosen
 adaptively, see :func:`_choose_beta`) and moves it. It treats every move (a value from
 :mod:`numpyro_jarzynski.engine.kernels`) the same way: reweight by the annealing work
-``ΔA = (β_b − β_a) log lik(x)`` at the current state, resample if the ESS is low, then ``num_moves`` moves at ``γ_{β_b}``. An invariant move (MALA, HMC) adds nothing; an
+``ΔA = (β_b − β_a) log lik(x)`` at the current state, resample if the ESS is low,
+then ``num_moves`` moves at ``γ_{β_b}``. An invariant move (MALA, HMC) adds nothing; an
 unadjusted one (ULA, unadjusted HMC) adds its Crooks increment after each move, with a
 resampling check between moves. Once the path has ended (``β_a = 1``) an unadjusted move is
 replaced by its Metropolis-adjusted twin, so stages at β = 1 only mix and never add weight
