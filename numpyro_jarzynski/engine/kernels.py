@@ -170,18 +170,37 @@ def _hamiltonian_proposal(key, x, cache, target, step_size, scale, num_steps, ji
     return x_new, c_new, jnp.where(jnp.isfinite(neg_dh), neg_dh, -jnp.inf)
 
 
-def _check_hamiltonian(move):
-    n = move.num_steps
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"{type(move).__name__}: num_steps must be an integer >= 1 (leapfrog "
-                         f"steps per move), got {n!r}.")
-    if not (isinstance(move.jitter, (int, float)) and 0.0 <= move.jitter < 1.0):
-        raise ValueError(f"{type(move).__name__}: jitter must be in [0, 1) (the step is drawn "
-                         f"from ε·(1 ± jitter)), got {move.jitter!r}.")
+@dataclass(frozen=True)
+class _Hamiltonian:
+    """Settings shared by :class:`HMC` and :class:`UHMC`: ``num_steps`` leapfrog steps per
+    move (one gradient each) with the step jittered per particle in ``ε·(1 ± jitter)``."""
+
+    num_steps: int = 5
+    jitter: float = 0.2
+
+    max_step = 1.8  # the leapfrog diverges on a Gaussian at ε = 2 (in units of the spread)
+    noise_exponent = 0.25  # the energy error's variance grows like ε⁴
+
+    def __post_init__(self):
+        n, name = self.num_steps, type(self).__name__
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{name}: num_steps must be an integer >= 1 (leapfrog steps per "
+                             f"move), got {n!r}.")
+        if not (isinstance(self.jitter, (int, float)) and 0.0 <= self.jitter < 1.0):
+            raise ValueError(f"{name}: jitter must be in [0, 1) (the step is drawn from "
+                             f"ε·(1 ± jitter)), got {self.jitter!r}.")
+
+    @property
+    def grads_per_move(self):
+        return self.num_steps
+
+    def _propose(self, key, x, cache, target, step_size, scale):
+        return _hamiltonian_proposal(key, x, cache, target, step_size, scale, self.num_steps,
+                                     self.jitter)
 
 
 @dataclass(frozen=True)
-class UHMC:
+class UHMC(_Hamiltonian):
     """Unadjusted Hamiltonian Monte Carlo, weighted exactly.
 
     Forward kernel on the extended space ``(x, p)``: draw ``p ~ N(0, I)`` (whitened), run
@@ -201,21 +220,9 @@ class UHMC:
     ``−ΔH``). ``num_steps`` gradients per move.
     """
 
-    num_steps: int = 5
-    jitter: float = 0.2
-
     name = "uhmc"
-
-    def __post_init__(self):
-        _check_hamiltonian(self)
     invariant = False
-    max_step = 1.8
     default_target = 0.9
-    noise_exponent = 0.25  # the energy error's variance grows like ε⁴
-
-    @property
-    def grads_per_move(self):
-        return self.num_steps
 
     def default_step(self, dim):
         return 0.5 * max(dim, 1) ** (-0.25)
@@ -224,32 +231,19 @@ class UHMC:
         return HMC(self.num_steps, self.jitter)
 
     def step(self, key, x, cache, target, step_size, scale):
-        x_new, c_new, inc = _hamiltonian_proposal(key, x, cache, target, step_size, scale,
-                                                  self.num_steps, self.jitter)
+        x_new, c_new, inc = self._propose(key, x, cache, target, step_size, scale)
         x_out, c_out, inc_out, div = _stay_if_diverged(x, cache, x_new, c_new, inc, target)
         return MoveResult(x_out, c_out, inc_out, _accept_proxy(inc), div)
 
 
 @dataclass(frozen=True)
-class HMC:
+class HMC(_Hamiltonian):
     """Hamiltonian Monte Carlo: :class:`UHMC`'s proposal accepted with probability
     ``min(1, exp(−ΔH))``. Invariant; ``num_steps`` gradients per move."""
 
-    num_steps: int = 5
-    jitter: float = 0.2
-
     name = "hmc"
-
-    def __post_init__(self):
-        _check_hamiltonian(self)
     invariant = True
-    max_step = 1.8
     default_target = 0.65
-    noise_exponent = 0.25
-
-    @property
-    def grads_per_move(self):
-        return self.num_steps
 
     def default_step(self, dim):
         return max(dim, 1) ** (-0.25)
@@ -259,9 +253,7 @@ class HMC:
 
     def step(self, key, x, cache, target, step_size, scale):
         k_prop, k_acc = jax.random.split(key)
-        x_new, c_new, log_ratio = _hamiltonian_proposal(
-            k_prop, x, cache, target, step_size, scale, self.num_steps, self.jitter
-        )
+        x_new, c_new, log_ratio = self._propose(k_prop, x, cache, target, step_size, scale)
         accept, prob = M.mala_accept(k_acc, log_ratio)
         x_out, c_out = M.select(accept, (x_new, c_new), (x, cache))
         return MoveResult(x_out, c_out, jnp.zeros_like(prob), prob, ~jnp.isfinite(log_ratio))
