@@ -35,7 +35,9 @@ cores) or without ``--quick`` for the full table.
 """
 
 import argparse
+import json
 import math
+import pathlib
 import platform
 import time
 from collections.abc import Callable
@@ -68,8 +70,23 @@ class Problem:
     log_prior: Callable  # (d,) -> scalar, pure JAX (what a BlackJAX user writes)
     log_lik: Callable
     prior_draws: Callable  # (key, n) -> (n, d)
-    log_z: float  # exact
+    log_z: float  # exact, or a cached reference (see log_z_se, ref_note)
     minor_mode: Callable = None  # (n, d) -> bool mask of the 0.25-mass mode
+    # Posterior reference: marginals of constrain(u) (u = the flat unconstrained vector, sites
+    # in sorted order, which is how our kernel ravels them), their means and sds.
+    constrain: Callable = None  # (d,) -> (k,); None: identity
+    post_mean: np.ndarray = None
+    post_sd: np.ndarray = None
+    names: tuple = ()
+    log_z_se: float = 0.0  # 0: exact
+    ref_note: str = "exact"
+
+
+def flatten_sites(z):
+    """Our state's ``z`` (``{site: (seeds, N, ...)}``, unconstrained) as ``(seeds, N, d)``, sites
+    in sorted order: the layout of our kernel's ravel and of the BlackJAX densities below."""
+    return jnp.concatenate(
+        [jnp.reshape(z[k], z[k].shape[:2] + (-1,)) for k in sorted(z)], axis=-1)
 
 
 def gaussian_problem(dim, num_obs=4, seed=0):
@@ -86,6 +103,8 @@ def gaussian_problem(dim, num_obs=4, seed=0):
 
     yj = jnp.asarray(y)
     return Problem(
+        post_mean=y64.sum(0) / (1 + num_obs),
+        post_sd=np.full(dim, 1 / math.sqrt(1 + num_obs)),
         name=f"gauss{dim}",
         dim=dim,
         model=model,
@@ -122,6 +141,176 @@ def two_mode_problem(dim=5, prior_scale=2.0, lik_scale=0.5, offset=1.5, weights=
         prior_draws=lambda key, n: prior_scale * jax.random.normal(key, (n, dim)),
         log_z=float(log_z),
         minor_mode=lambda z: z @ locs[0] > 0,
+        # each component's posterior N(m, v), masses exactly w (equal marginals at ±μ)
+        post_mean=np.full(dim, (weights[0] - weights[1]) * offset * prior_scale**2 / var),
+        post_sd=np.full(dim, math.sqrt(
+            (prior_scale * lik_scale) ** 2 / var
+            + (offset * prior_scale**2 / var) ** 2 * (1 - (weights[0] - weights[1]) ** 2))),
+    )
+
+
+# ------------------------------------------------- targets with cached references (issue 11)
+HERE = pathlib.Path(__file__).resolve().parent
+REFERENCES = HERE / "peer_references.json"
+
+
+def load_references():
+    """Posterior and evidence references built by ``benchmarks/peer_references.py``."""
+    if not REFERENCES.exists():
+        raise FileNotFoundError(
+            f"{REFERENCES} is missing: run `python benchmarks/peer_references.py` first.")
+    return json.loads(REFERENCES.read_text())
+
+
+def logistic_problem(refs=None):
+    """Bayesian logistic regression on breast cancer: the model of ``trust_models.py`` (d = 31,
+    standardised features plus intercept, ``w ~ N(0, 1)``), imported so the numbers agree."""
+    from trust_models import breast_cancer, logistic
+
+    x, y = breast_cancer()
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    dim = x.shape[1]
+    ref = (refs or {}).get("logistic", {})
+
+    def log_lik(w):
+        return jnp.sum(dist.Bernoulli(logits=xj @ w).log_prob(yj))
+
+    return Problem(
+        name="logistic", dim=dim, model=logistic, model_args=(xj, yj),
+        log_prior=lambda w: jnp.sum(dist.Normal(0.0, 1.0).log_prob(w)),
+        log_lik=log_lik,
+        prior_draws=lambda key, n: jax.random.normal(key, (n, dim)),
+        log_z=ref.get("log_z", float("nan")), log_z_se=ref.get("log_z_se", float("nan")),
+        ref_note=ref.get("log_z_note", "missing"),
+        post_mean=np.asarray(ref["mean"]) if ref else None,
+        post_sd=np.asarray(ref["sd"]) if ref else None,
+        names=tuple(f"w[{i}]" for i in range(dim)),
+    )
+
+
+FUNNEL_Y = 0.5 * (-1.0) ** np.arange(1, 10)  # y_i = 0.5·(−1)^i, i = 1..9
+
+
+def funnel_reference(y=FUNNEL_Y, v_scale=3.0):
+    """Exact log Z and posterior moments of the funnel by 1-D quadrature over v (float64).
+
+    Given v, ``y_i ~ N(0, e^v + 1)`` independently, and ``x_i | v, y ~ N(r y_i, r)`` with
+    ``r = e^v / (e^v + 1)``, so every posterior moment is a 1-D integral over v too."""
+    from scipy import integrate, stats
+
+    y = np.asarray(y, np.float64)
+
+    def log_joint(v):  # log N(v; 0, 3²) + Σ log N(y_i; 0, e^v + 1)
+        return stats.norm.logpdf(v, 0, v_scale) + stats.norm.logpdf(
+            y, 0, np.sqrt(np.exp(v) + 1)).sum()
+
+    shift = log_joint(-3.0)
+    lo, hi = -12 * v_scale, 12 * v_scale
+
+    def integral(f):
+        val, err = integrate.quad(lambda v: f(v) * np.exp(log_joint(v) - shift), lo, hi,
+                                  points=[-10, -5, -2, 0, 2], epsabs=0, epsrel=1e-13, limit=500)
+        return val
+
+    z = integral(lambda v: 1.0)
+    r = lambda v: np.exp(v) / (np.exp(v) + 1)
+    ev = integral(lambda v: v) / z
+    ev2 = integral(lambda v: v * v) / z
+    ex = np.array([integral(lambda v, yi=yi: r(v) * yi) / z for yi in y])
+    ex2 = np.array([integral(lambda v, yi=yi: r(v) + (r(v) * yi) ** 2) / z for yi in y])
+    p_low = integral(lambda v: float(v < -2)) / z
+    return {
+        "log_z": float(np.log(z) + shift),
+        "mean": np.concatenate([[ev], ex]), "sd": np.sqrt(np.concatenate(
+            [[ev2 - ev**2], ex2 - ex**2])),
+        "p_v_below_-2": float(p_low),
+    }
+
+
+def funnel_problem(y=FUNNEL_Y, v_scale=3.0):
+    """Neal's funnel, d = 10, centred: ``v ~ N(0, 3²)``, ``x_i | v ~ N(0, e^v)``, observed
+    ``y_i ~ N(x_i, 1)``; flat layout ``[v, x_1..x_9]`` (sites "v", "x" in sorted order)."""
+    ref = funnel_reference(y, v_scale)
+    yj = jnp.asarray(y, jnp.float32)
+    k = len(y)
+
+    def model(y):
+        v = numpyro.sample("v", dist.Normal(0.0, v_scale))
+        x = numpyro.sample("x", dist.Normal(0.0, jnp.exp(v / 2)).expand([k]).to_event(1))
+        numpyro.sample("y", dist.Normal(x, 1.0).to_event(1), obs=y)
+
+    def log_prior(u):
+        v, x = u[0], u[1:]
+        return dist.Normal(0.0, v_scale).log_prob(v) + jnp.sum(
+            dist.Normal(0.0, jnp.exp(v / 2)).log_prob(x))
+
+    def prior_draws(key, n):
+        kv, kx = jax.random.split(key)
+        v = v_scale * jax.random.normal(kv, (n, 1))
+        return jnp.concatenate([v, jnp.exp(v / 2) * jax.random.normal(kx, (n, k))], axis=1)
+
+    return Problem(
+        name="funnel", dim=k + 1, model=model, model_args=(yj,), log_prior=log_prior,
+        log_lik=lambda u: jnp.sum(dist.Normal(u[1:], 1.0).log_prob(yj)),
+        prior_draws=prior_draws, log_z=ref["log_z"],
+        ref_note=f"quadrature; P(v < -2 | y) = {ref['p_v_below_-2']:.3f}",
+        post_mean=ref["mean"], post_sd=ref["sd"],
+        names=("v",) + tuple(f"x[{i}]" for i in range(1, k + 1)),
+    )
+
+
+def sp500_returns(num=100):
+    data = json.loads((HERE / "sp500_first100.json").read_text())
+    return np.asarray(data["returns"][:num], np.float32)
+
+
+def sv_model(returns):
+    """NumPyro's examples/stochastic_volatility.py model, unchanged."""
+    step_size = numpyro.sample("sigma", dist.Exponential(50.0))
+    s = numpyro.sample(
+        "s", dist.GaussianRandomWalk(scale=step_size, num_steps=jnp.shape(returns)[0]))
+    nu = numpyro.sample("nu", dist.Exponential(0.1))
+    return numpyro.sample("r", dist.StudentT(df=nu, loc=0.0, scale=jnp.exp(s)), obs=returns)
+
+
+def sv_problem(refs=None, num=100):
+    """Stochastic volatility, T = 100 (first 100 S&P 500 returns of the example's data set).
+
+    Flat unconstrained layout (sorted sites "nu", "s", "sigma"): ``[log ν, s_1..s_T, log σ]``;
+    reported marginals ``[ν, s_1..s_T, σ]``."""
+    r = jnp.asarray(sp500_returns(num))
+    t = r.shape[0]
+    ref = (refs or {}).get("sv", {})
+
+    def log_prior(u):
+        log_nu, s, log_sigma = u[0], u[1:t + 1], u[t + 1]
+        nu, sigma = jnp.exp(log_nu), jnp.exp(log_sigma)
+        return (dist.Exponential(0.1).log_prob(nu) + log_nu
+                + dist.Exponential(50.0).log_prob(sigma) + log_sigma
+                + dist.GaussianRandomWalk(scale=sigma, num_steps=t).log_prob(s))
+
+    def log_lik(u):
+        nu, s = jnp.exp(u[0]), u[1:t + 1]
+        return jnp.sum(dist.StudentT(nu, 0.0, jnp.exp(s)).log_prob(r))
+
+    def prior_draws(key, n):
+        k1, k2, k3 = jax.random.split(key, 3)
+        sigma = jax.random.exponential(k1, (n, 1)) / 50.0
+        nu = jax.random.exponential(k2, (n, 1)) / 0.1
+        s = jnp.cumsum(sigma * jax.random.normal(k3, (n, t)), axis=1)
+        return jnp.concatenate([jnp.log(nu), s, jnp.log(sigma)], axis=1)
+
+    def constrain(u):
+        return jnp.concatenate([jnp.exp(u[:1]), u[1:t + 1], jnp.exp(u[t + 1:])])
+
+    return Problem(
+        name="sv", dim=t + 2, model=sv_model, model_args=(r,), log_prior=log_prior,
+        log_lik=log_lik, prior_draws=prior_draws,
+        log_z=ref.get("log_z", float("nan")), log_z_se=ref.get("log_z_se", float("nan")),
+        ref_note=ref.get("log_z_note", "missing"), constrain=constrain,
+        post_mean=np.asarray(ref["mean"]) if ref else None,
+        post_sd=np.asarray(ref["sd"]) if ref else None,
+        names=("nu",) + tuple(f"s[{i}]" for i in range(t)) + ("sigma",),
     )
 
 
@@ -146,8 +335,12 @@ def run_timed(compiled, *args, repeats=1):
     return out, best_wall, best_cpu
 
 
-def run_ours(problem, move, keys, n, num_warmup, num_moves, target_ess, repeats):
-    """MCMC.run for the user-facing numbers, then the same init/sample loop compiled AOT."""
+def run_ours(problem, move, keys, n, num_warmup, num_moves, target_ess, repeats,
+             mcmc_run=True):
+    """MCMC.run for the user-facing numbers, then the same init/sample loop compiled AOT.
+
+    ``mcmc_run=False`` skips ``MCMC.run`` (its tracing and compilation cost minutes on a loaded
+    two-core machine) and reports the timed loop's log Z, from the same chain keys."""
     num_seeds = keys.shape[0]
 
     def kernel():
@@ -160,9 +353,10 @@ def run_ours(problem, move, keys, n, num_warmup, num_moves, target_ess, repeats)
         chain_method="vectorized", progress_bar=False,
     )
     t0 = time.perf_counter()
-    mcmc.run(keys[0], *problem.model_args)
-    log_z = np.asarray(jax.block_until_ready(mcmc.last_state.log_evidence))
-    mcmc_wall = time.perf_counter() - t0
+    if mcmc_run:
+        mcmc.run(keys[0], *problem.model_args)
+        log_z = np.asarray(jax.block_until_ready(mcmc.last_state.log_evidence))
+    mcmc_wall = time.perf_counter() - t0 if mcmc_run else float("nan")
     chain_keys = jax.random.split(keys[0], num_seeds)  # what MCMC gives the vectorized chains
 
     k = kernel()
@@ -173,7 +367,7 @@ def run_ours(problem, move, keys, n, num_warmup, num_moves, target_ess, repeats)
         step = lambda s: k.sample(s, args, {})  # vmaps over the runs itself
         state = jax.lax.fori_loop(0, num_warmup + 1, lambda i, s: step(s), state)
         beta_one = jnp.argmax(state.history.beta >= 1.0, axis=-1) + 1  # stages to reach β = 1
-        return state.log_evidence, state.z["z"], state.log_weights, beta_one
+        return state.log_evidence, flatten_sites(state.z), state.log_weights, beta_one
 
     compiled, compile_s = compile_timed(loop, chain_keys)
     (lz_loop, z, log_w, natural), run_s, cpu_s = run_timed(compiled, chain_keys, repeats=repeats)
@@ -181,6 +375,8 @@ def run_ours(problem, move, keys, n, num_warmup, num_moves, target_ess, repeats)
     # two programs differently and one flipped accept/resample decision sends a run down
     # another (equally valid) path. So compare the two sets of runs statistically.
     lz_loop = np.asarray(lz_loop)
+    if not mcmc_run:
+        log_z = lz_loop
     diff = np.abs(lz_loop - np.asarray(log_z))
     se = np.sqrt((lz_loop.var(ddof=1) + np.var(log_z, ddof=1)) / len(log_z))
     if abs(lz_loop.mean() - np.mean(log_z)) > 4 * se + 1e-3:
@@ -295,7 +491,7 @@ def profile_ours(problem, keys, n, move, repeats):
     args = problem.model_args
     state = k.init(keys, 10, None, args, {})
     evaluate = k._evaluate_fn(args, {})  # private, for profiling only
-    x = state.z["z"]
+    x = flatten_sites(state.z)
     disc = {}
     lw = jax.random.normal(keys[0], x.shape[:2])
     lik = state.cache.log_lik
@@ -318,12 +514,38 @@ def profile_ours(problem, keys, n, move, repeats):
 
 
 # ----------------------------------------------------------------------------- report
+def posterior_errors(problem, z, log_w):
+    """Weighted posterior marginals of every run against the reference, in reference sds.
+
+    Returns ``run_err`` (per run: the worst marginal's ``|mean − ref mean| / ref sd``),
+    ``pooled_err`` (the same for the mean over runs: the bias that more runs do not remove),
+    the per-marginal ratio of the runs' mean weighted sd to the reference sd, and the index of
+    the worst marginal (pooled)."""
+    z, log_w = jnp.asarray(z), jnp.asarray(log_w)
+    c = jax.vmap(jax.vmap(problem.constrain))(z) if problem.constrain is not None else z
+    w = jax.nn.softmax(jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf), axis=-1)[..., None]
+    mean = jnp.sum(w * c, axis=1)
+    sd = jnp.sqrt(jnp.sum(w * (c - mean[:, None]) ** 2, axis=1))
+    mean, sd = np.asarray(mean, np.float64), np.asarray(sd, np.float64)
+    ref_m, ref_s = np.asarray(problem.post_mean), np.asarray(problem.post_sd)
+    per_run = np.abs(mean - ref_m) / ref_s
+    pooled = np.abs(mean.mean(0) - ref_m) / ref_s
+    ratio = sd.mean(0) / ref_s
+    return {"run_err": per_run.max(1), "pooled_err": float(pooled.max()),
+            "worst": int(pooled.argmax()), "sd_ratio": ratio}
+
+
 def summarise(problem, res):
     err = res["log_z"] - problem.log_z
     row = {
         "rmse": float(np.sqrt(np.mean(err**2))), "bias": float(err.mean()), "sd": float(err.std(ddof=1)),
         "finite": bool(np.all(np.isfinite(err))),
     }
+    if problem.post_mean is not None:
+        pe = posterior_errors(problem, res["z"], res["log_w"])
+        row.update(post_med=float(np.median(pe["run_err"])), post_max=float(pe["run_err"].max()),
+                   post_pool=pe["pooled_err"], worst=pe["worst"],
+                   sd_lo=float(pe["sd_ratio"].min()), sd_hi=float(pe["sd_ratio"].max()))
     if problem.minor_mode is not None:
         w = jax.nn.softmax(jnp.asarray(res["log_w"]), axis=-1)
         mass = np.asarray(jnp.sum(w * jax.vmap(problem.minor_mode)(jnp.asarray(res["z"])), -1))
@@ -331,56 +553,93 @@ def summarise(problem, res):
     return row
 
 
+# Budgets: the original targets keep the 5-gradient stage of the first table (BlackJAX HMC: one
+# 4-step trajectory); the harder targets use issue 11's BlackJAX HMC of K = 5 steps of L = 10
+# leapfrog per stage (51 gradients per stage with its re-initialisation).
+DEFAULT_BUDGET = {"gauss10": (5, 4), "gauss50": (5, 4), "twomode": (5, 4),
+                  "logistic": (51, 10), "funnel": (51, 10), "sv": (51, 10)}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small smoke run (N=256, 10 seeds)")
+    p.add_argument("--quick", action="store_true",
+                   help="small smoke run (N=256, 10 seeds, 1 timed repetition)")
     p.add_argument("--particles", type=int, default=None, help="N (default 1024; quick 256)")
     p.add_argument("--seeds", type=int, default=None, help="independent runs (>= 10)")
-    p.add_argument("--grads-per-stage", type=int, default=5, help="gradients per particle per stage")
-    p.add_argument("--leapfrog", type=int, default=4, help="HMC integration steps")
+    p.add_argument("--grads-per-stage", type=int, default=None,
+                   help="gradients per particle per stage (default per target: 5 for "
+                        "gauss10/gauss50/twomode, 51 for logistic/funnel/sv)")
+    p.add_argument("--leapfrog", type=int, default=None,
+                   help="HMC integration steps (default 4, or 10 on logistic/funnel/sv)")
     p.add_argument("--target-ess", type=float, default=0.9, help="adaptive (C)ESS target, both")
-    p.add_argument("--problems", default="gauss10,gauss50,twomode")
-    p.add_argument("--repeats", type=int, default=None, help="timed repetitions (best of)")
+    p.add_argument("--problems", default="gauss10,gauss50,twomode,logistic,funnel,sv")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed repetitions (best of; default 3, quick 1)")
     p.add_argument("--profile", action="store_true", help="time the pieces of our stage")
+    p.add_argument("--no-mcmc-run", action="store_true",
+                   help="skip the end-to-end MCMC.run of our kernel (saves one tracing and "
+                        "compilation per move); report the timed loop's log Z")
     a = p.parse_args(argv)
     n = a.particles or (256 if a.quick else 1024)
     seeds = a.seeds or (10 if a.quick else 20)
-    repeats = a.repeats or 3
+    repeats = a.repeats or (1 if a.quick else 3)
     if seeds < 10:
         p.error("--seeds must be at least 10 (the RMSE needs independent runs).")
-    g = a.grads_per_stage
-    if g < 2 or (g - 1) % a.leapfrog:
-        p.error("--grads-per-stage minus 1 must be a positive multiple of --leapfrog "
-                "(BlackJAX HMC spends one gradient per stage re-initialising).")
+    names = a.problems.split(",")
+    unknown = set(names) - set(DEFAULT_BUDGET)
+    if unknown:
+        p.error(f"unknown problems {sorted(unknown)}; choose from {sorted(DEFAULT_BUDGET)}")
+    budgets = {}
+    for name in names:
+        g = a.grads_per_stage or DEFAULT_BUDGET[name][0]
+        leap = a.leapfrog or DEFAULT_BUDGET[name][1]
+        if g < 2 or (g - 1) % leap:
+            p.error("--grads-per-stage minus 1 must be a positive multiple of --leapfrog "
+                    "(BlackJAX HMC spends one gradient per stage re-initialising).")
+        budgets[name] = (g, leap)
 
     makers = {"gauss10": lambda: gaussian_problem(10), "gauss50": lambda: gaussian_problem(50),
-              "twomode": lambda: two_mode_problem()}
-    print(f"# smc_vs_blackjax: N={n}, seeds={seeds}, grads/stage={g}, target ESS={a.target_ess}, "
-          f"jax {jax.__version__}, numpyro {numpyro.__version__}, blackjax {blackjax.__version__}, "
-          f"{jax.devices()[0].platform}, {platform.machine()}")
+              "twomode": lambda: two_mode_problem(),
+              "logistic": lambda: logistic_problem(load_references()),
+              "funnel": lambda: funnel_problem(), "sv": lambda: sv_problem(load_references())}
+    print(f"# smc_vs_blackjax: N={n}, seeds={seeds}, target ESS={a.target_ess}, "
+          f"repeats={repeats}, jax {jax.__version__}, numpyro {numpyro.__version__}, "
+          f"blackjax {blackjax.__version__}, {jax.devices()[0].platform}, {platform.machine()}")
     keys = jax.random.split(jax.random.key(2024), seeds)
-    for name in a.problems.split(","):
+    summary = []
+    for name in names:
+        w_start, c_start = time.perf_counter(), time.process_time()
         problem = makers[name]()
-        print(f"\n## {problem.name} (d={problem.dim}, exact log Z = {problem.log_z:.4f})")
+        g, leap = budgets[name]
+        kind = "exact" if problem.log_z_se == 0 else f"reference ± {problem.log_z_se:.4f}"
+        print(f"\n## {problem.name} (d={problem.dim}, {kind} log Z = {problem.log_z:.4f}; "
+              f"{problem.ref_note})")
+        print(f"budget: {g} gradients per particle per stage; BlackJAX MALA {g - 1} steps, "
+              f"BlackJAX HMC {(g - 1) // leap} steps of L={leap}; ours MALA/ULA {g} moves, "
+              f"HMC/UHMC {(g - 1) // leap} moves of L={leap}")
         results = {}
         results["bj-mala"] = run_blackjax(problem, "mala", keys, n, g - 1, 1, a.target_ess, repeats)
         results["bj-hmc"] = run_blackjax(
-            problem, "hmc", keys, n, (g - 1) // a.leapfrog, a.leapfrog, a.target_ess, repeats)
+            problem, "hmc", keys, n, (g - 1) // leap, leap, a.target_ess, repeats)
         # Same budget: our stage count K + 1 = BlackJAX's mean stage count, g moves per stage.
         stages = max(2, round(results["bj-mala"]["stages"]))
         # Hamiltonian moves: (g − 1) // L moves of L leapfrog steps (one gradient fewer per
         # stage than the others: our cache makes BlackJAX's re-initialising gradient free).
         ours = {"mala": ("mala", g), "ula": ("ula", g),
-                "hmc": (HMC(num_steps=a.leapfrog), (g - 1) // a.leapfrog),
-                "uhmc": (UHMC(num_steps=a.leapfrog), (g - 1) // a.leapfrog)}
+                "hmc": (HMC(num_steps=leap), (g - 1) // leap),
+                "uhmc": (UHMC(num_steps=leap), (g - 1) // leap)}
         for name_, (move, moves) in ours.items():
             results[f"ours-{name_}"] = run_ours(
-                problem, move, keys, n, stages - 1, moves, a.target_ess, repeats)
+                problem, move, keys, n, stages - 1, moves, a.target_ess, repeats,
+                mcmc_run=not a.no_mcmc_run)
         floor_wall, floor = gradient_floor(problem, keys, n, repeats)
 
         # "/floor": CPU seconds per gradient evaluation over the CPU seconds of the floor.
         head = (f"{'method':10s} {'RMSE':>7s} {'bias':>7s} {'sd':>6s} {'stages':>6s} {'grads':>6s} "
                 f"{'compile s':>9s} {'run s':>7s} {'cpu s':>7s} {'/floor':>6s}")
+        has_post = problem.post_mean is not None
+        if has_post:
+            head += f" {'post med':>8s} {'post max':>8s} {'pooled':>6s} {'sd ratio':>11s}"
         if problem.minor_mode is not None:
             head += f" {'mass RMSE':>9s}"
         print(head)
@@ -391,11 +650,17 @@ def main(argv=None):
             line = (f"{m:10s} {r['rmse']:7.3f} {r['bias']:+7.3f} {r['sd']:6.3f} "
                     f"{res['stages']:6.1f} {res['grads']:6.0f} {res['compile_s']:9.1f} "
                     f"{res['run_s']:7.2f} {res['cpu_s']:7.2f} {per_grad / floor:6.1f}")
+            if has_post:
+                line += (f" {r['post_med']:8.3f} {r['post_max']:8.3f} {r['post_pool']:6.3f} "
+                         f"{r['sd_lo']:5.2f}-{r['sd_hi']:<5.2f}")
             if "mass_rmse" in r:
                 line += f" {r['mass_rmse']:9.3f}"
             print(line + ("" if r["finite"] else "  NON-FINITE log Z"))
         print(f"gradient floor (one vmapped value_and_grad, {seeds}x{n} particles): "
               f"{floor_wall:.2e} s wall, {floor:.2e} s cpu")
+        if has_post and problem.names:
+            print("worst marginal (pooled): " + ", ".join(
+                f"{m} {problem.names[rows[m]['worst']]}" for m in results))
         for m in ("ours-mala", "ours-ula", "ours-hmc", "ours-uhmc"):
             res = results[m]
             print(f"{m}: stages to reach beta=1 on its own {res['natural_stages']:.1f} of "
@@ -414,6 +679,17 @@ def main(argv=None):
             for move in ("mala", "ula"):
                 for part, t in profile_ours(problem, keys, n, move, repeats).items():
                     print(f"  [{move}] {part:55s} {t:.2e}  ({t / floor:.1f} floors)")
+        print(f"({problem.name}: {time.perf_counter() - w_start:.0f} s wall, "
+              f"{time.process_time() - c_start:.0f} s cpu for this section, compile included)")
+        summary.append((problem.name, rows))
+
+    # One line per target: our RMSE over BlackJAX-HMC's (the issue's target is <= 0.7).
+    print("\n## summary: log-Z RMSE ours / BlackJAX-HMC (target <= 0.7), BlackJAX-HMC RMSE")
+    print(f"{'target':9s} {'mala':>6s} {'ula':>6s} {'hmc':>6s} {'uhmc':>6s} {'bj-hmc':>7s}")
+    for name, rows in summary:
+        b = rows["bj-hmc"]["rmse"]
+        print(f"{name:9s} " + " ".join(f"{rows[f'ours-{m}']['rmse'] / b:6.2f}"
+                                      for m in ("mala", "ula", "hmc", "uhmc")) + f" {b:7.3f}")
 
 
 if __name__ == "__main__":
