@@ -30,6 +30,7 @@ from numpyro_jarzynski.ebm import (
 )
 from numpyro_jarzynski.engine.kernels import HMC, MALA, UHMC, ULA
 from numpyro_jarzynski.infer import JarzynskiSMC, SMCState
+from numpyro_jarzynski.infer.gibbs import Gibbs, gibbs_plan
 from numpyro_jarzynski.interpolants import (
     GaussianMixtureInterpolant,
     GenerationResult,
@@ -48,6 +49,7 @@ __all__ = [
     "EnergyDistribution",
     "GaussianBernoulliRBM",
     "GaussianMixtureInterpolant",
+    "Gibbs",
     "GenerationResult",
     "InterpolantSampler",
     "IsingLattice",
@@ -60,6 +62,7 @@ __all__ = [
     "__version__",
     "diagnostics",
     "engine",
+    "gibbs_plan",
     "posterior_samples",
     "print_summary",
     "summary",

@@ -19,7 +19,7 @@ from numpyro.infer import MCMC
 from scipy.special import gammaln, logsumexp
 from scipy.stats import multivariate_normal
 
-from numpyro_jarzynski import JarzynskiSMC
+from numpyro_jarzynski import MALA, ULA, Gibbs, JarzynskiSMC, gibbs_plan
 from numpyro_jarzynski.distributions import IsingLattice
 from numpyro_jarzynski.distributions.lattice import bond_sum
 from numpyro_jarzynski.infer import model_bridge as bridge
@@ -107,7 +107,7 @@ def two_lattices(sweep, coupling):
 @pytest.mark.parametrize("sweep", ["block", "generic"])
 def test_ising_log_z_4x4_and_8x8(sweep):
     mcmc = run_chains(lambda k: two_lattices(sweep, k), (K_C,), num_chains=8, num_warmup=20,
-                      num_particles=256, schedule="linear")
+                      num_particles=256, schedule="linear", num_moves=1)
     # Uniform base: the log evidence is log Z − nm log 2 for each lattice.
     exact = EXACT_LOG_Z[4] + EXACT_LOG_Z[8] - 80 * np.log(2.0)
     assert_log_z(mcmc.last_state.log_evidence, exact)
@@ -237,6 +237,54 @@ def test_gibbs_and_moves_at_beta_one_add_no_weight(gmm_run):
     assert np.mean(z[:, 1:] != z[:, :-1]) > 0.05
 
 
+def test_plate_block_draws_each_element_from_its_conditional():
+    """One plate-block update at fixed continuous state: P(z_i = k) ∝ w_k N(y_i; μ_k, σ)^β,
+    exact per element, the same law as the coordinate sweep (elements are conditionally
+    independent given the continuous sites), and every element moves at once."""
+    y = jnp.asarray(GMM_Y)
+    assert gibbs_plan(gmm, (y,)) == {"z": "plate"}
+    spec = bridge.inspect_model(gmm, (y,), {})
+    mu = jnp.array([-1.5, 0.2, 2.4])
+    x0, unravel = ravel_pytree({"mu": mu})
+    n, beta = 20000, 0.6
+    x = jnp.tile(x0, (n, 1))
+    d = {"z": jnp.zeros((n, y.size), jnp.int32)}
+    logits = np.log(GMM_W)[None] + beta * np.asarray(dist.Normal(mu[None], GMM_SIGMA).log_prob(
+        y[:, None]))
+    exact = np.exp(logits - logsumexp(logits, axis=1, keepdims=True))  # (n_obs, K)
+    for blocks in ("plate", "coordinate"):
+        move = jax.jit(make_discrete_move(gmm, (y,), {}, spec, unravel, blocks=blocks))
+        z = np.asarray(move(jax.random.key(7), jnp.float32(beta), x, d)["z"])
+        freq = np.stack([(z == k).mean(0) for k in range(3)], 1)
+        se = np.sqrt(exact * (1 - exact) / n)
+        assert np.all(np.abs(freq - exact) < 4 * se + 1e-4), (blocks, freq, exact)
+
+
+def gmm_coupled(y):
+    """The GMM with a prior term on the number of points in component 0: a term outside the
+    data plate depends on every assignment, so the elements are no longer independent."""
+    mu = numpyro.sample("mu", dist.Normal(jnp.asarray(GMM_M), GMM_TAU).to_event(1))
+    with numpyro.plate("data", y.shape[0]):
+        z = numpyro.sample("z", dist.Categorical(jnp.asarray(GMM_W)))
+        numpyro.sample("y", dist.Normal(mu[z], GMM_SIGMA), obs=y)
+    numpyro.factor("count", -0.5 * jnp.sum(z == 0))
+
+
+def gmm_expanded(y):
+    """Assignments drawn with .expand and no plate: no independence is declared."""
+    mu = numpyro.sample("mu", dist.Normal(jnp.asarray(GMM_M), GMM_TAU).to_event(1))
+    z = numpyro.sample("z", dist.Categorical(jnp.asarray(GMM_W)).expand([y.shape[0]]))
+    numpyro.sample("y", dist.Normal(mu[z], GMM_SIGMA), obs=y)
+
+
+def test_gibbs_plan_falls_back_where_plates_do_not_make_elements_independent():
+    y = jnp.asarray(GMM_Y)
+    assert gibbs_plan(gmm_coupled, (y,), prior_factors=("count",)) == {"z": "coordinate"}
+    assert gibbs_plan(gmm_expanded, (y,)) == {"z": "coordinate"}
+    assert gibbs_plan(gmm, (y,), blocks="coordinate") == {"z": "coordinate"}
+    assert gibbs_plan(ising_block, (4, K_C)) == {"s": "protocol"}
+
+
 # ---------------------------------------------------------------- change point (mixed model)
 CP_Y = np.array([4, 5, 3, 6, 4, 5, 1, 0, 2, 1, 0, 1])
 CP_A, CP_B = 2.0, 0.5
@@ -270,7 +318,8 @@ def change_point_exact():
 def test_change_point_against_enumeration():
     log_z, post, rate_means = change_point_exact()
     mcmc = run_chains(change_point, (jnp.asarray(CP_Y),), num_chains=8, num_warmup=15,
-                      num_particles=256, schedule="linear", scan="random", num_sweeps=2)
+                      num_particles=256, schedule="linear",
+                      move=[Gibbs(num_sweeps=2, scan="random"), MALA()])
     assert_log_z(mcmc.last_state.log_evidence, log_z)
     s = mcmc.get_samples(group_by_chain=True)
     lw = mcmc.get_extra_fields(group_by_chain=True)["log_weights"][:, -1]
@@ -293,6 +342,10 @@ def ising_observed(y):
     numpyro.sample("y", dist.Normal(s, 1.0).to_event(2), obs=y)
 
 
+def continuous_only():
+    numpyro.sample("m", dist.Normal(0.0, 1.0))
+
+
 def test_bad_inputs():
     def init(model, *args):
         MCMC(JarzynskiSMC(model, num_particles=8), num_warmup=2, num_samples=1,
@@ -303,9 +356,28 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="'z'.*enumerate"):
         init(parallel_enum)
     with pytest.raises(ValueError, match="num_sweeps"):
-        JarzynskiSMC(ising_block, num_sweeps=0)
+        Gibbs(num_sweeps=0)
     with pytest.raises(ValueError, match="scan"):
-        JarzynskiSMC(ising_block, scan="checkerboard")
+        Gibbs(scan="checkerboard")
+    with pytest.raises(ValueError, match="blocks.*'plate'"):
+        Gibbs(blocks="rows")
+    with pytest.raises(TypeError, match=r"move=\[MALA\(\), Gibbs\(num_sweeps"):
+        JarzynskiSMC(ising_block, num_sweeps=2)
+    with pytest.raises(ValueError, match="one continuous move"):
+        JarzynskiSMC(gmm, move=[MALA(), ULA(), Gibbs()])
+    with pytest.raises(ValueError, match="more than once"):
+        JarzynskiSMC(gmm, move=[Gibbs(), Gibbs()])
+    with pytest.raises(TypeError, match=r"instance: Gibbs\(\)"):
+        JarzynskiSMC(gmm, move=[MALA(), Gibbs])
+
+    def init_with(kernel, *args):
+        MCMC(kernel, num_warmup=2, num_samples=1, progress_bar=False).run(
+            jax.random.key(0), *args)
+
+    with pytest.raises(ValueError, match="continuous latent sites.*mu.*never move"):
+        init_with(JarzynskiSMC(gmm, move=Gibbs(), num_particles=8), jnp.asarray(GMM_Y))
+    with pytest.raises(ValueError, match="no discrete latent sites"):
+        init_with(JarzynskiSMC(continuous_only, move=[MALA(), Gibbs()], num_particles=8))
     with pytest.raises(ValueError, match="even side"):
         IsingLattice((3, 4), K_C)
     with pytest.raises(NotImplementedError, match="no exact sampler"):

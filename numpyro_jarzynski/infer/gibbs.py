@@ -23,6 +23,27 @@ order); each site is updated from its exact conditional under ``γ_β``:
   Cost: ``K`` model evaluations per coordinate per particle (vectorised over particles and
   candidates, ``lax.scan`` over coordinates).
 
+* **Plate blocks** (the default, ``Gibbs(blocks="plate")``): a site declared inside
+  ``numpyro.plate`` s has elements that are conditionally independent given everything outside
+  those plates — that is what a plate declares. When every term of the model that depends on
+  the site lies inside all of the site's plates (checked on the traced program: a jaxpr
+  dependency test per site), the whole site is one block: for each candidate value ``v_k``
+  the model is evaluated once with *every* element set to ``v_k``, each dependent term is
+  kept per plate element (summed over its other dimensions), and every element is drawn
+  from its own conditional at once,
+
+  .. math::  P(s_i = v_k \mid \text{rest}) \propto \prod_{t \ni i} \gamma_{\beta,t}(x, s)
+     \big|_{s \equiv v_k} ,
+
+  where the product runs over the terms ``t`` at element ``i`` (its own prior term, the
+  observations and latents of the same plate element). Exact for the same reason the
+  coordinate sweep is — each element is drawn from its conditional under ``γ_β`` — and the
+  elements of a block do not interact. Cost: ``K`` model evaluations per site per particle,
+  linear in the number of observations (the coordinate sweep is quadratic). A site that
+  fails the check (a term outside its plates depends on it, e.g. a prior on ``Σ_i s_i``;
+  elements grouped by ``.to_event``; a batch dimension not declared by a plate) falls back to
+  the coordinate sweep; ``gibbs_plan`` says which update each site gets.
+
 * **Gibbs-sweep protocol**: a distribution that implements the tempered-site protocol
   (``tempering_base()``, ``tempering_log_tilt(value)``) and
 
@@ -34,13 +55,19 @@ order); each site is updated from its exact conditional under ``γ_β``:
   tempered conditional when **no other term of the model depends on the site's value**; the
   move checks this on the traced program (a jaxpr dependency test) and raises otherwise.
 
+The move is a value, :class:`Gibbs` (``num_sweeps``, ``scan``, ``blocks``), composed with a
+continuous move in a list: ``JarzynskiSMC(model, move=[MALA(), Gibbs()])``.
+
 **No weight increment.** Each update samples exactly from a conditional of ``γ_β``, so it
 leaves ``ρ_β`` invariant; with the annealing work already added for ``β`` (or the Crooks
 increment of the ULA move into ``γ_β``), the weights stay valid and the move adds nothing
-to them. ``tempering.smc_step`` calls the move after the continuous moves at the stage's β.
+to them. ``tempering.smc_step`` applies the sequence (continuous move, then Gibbs, or the order of
+the list) ``num_moves`` times per stage at the stage's β.
 """
 
+import dataclasses
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,18 +76,51 @@ from jax.extend import core as jex_core
 from numpyro_jarzynski.infer import model_bridge as bridge
 
 SCANS = ("systematic", "random")
+BLOCKS = ("plate", "coordinate")
 
 
-def validate_options(num_sweeps, scan):
-    """Check the user options of the discrete move; returns ``(num_sweeps, scan)``."""
-    if int(num_sweeps) != num_sweeps or int(num_sweeps) < 1:
+def validate_options(num_sweeps, scan, blocks="plate"):
+    """Check the user options of the discrete move; returns ``(num_sweeps, scan, blocks)``."""
+    if isinstance(num_sweeps, bool) or int(num_sweeps) != num_sweeps or int(num_sweeps) < 1:
         raise ValueError(f"num_sweeps must be a positive integer, got {num_sweeps!r}.")
     if scan not in SCANS:
         raise ValueError(
             f"scan must be 'systematic' (coordinates in order) or 'random' (a fresh random "
             f"order each sweep), got {scan!r}."
         )
-    return int(num_sweeps), scan
+    if blocks not in BLOCKS:
+        raise ValueError(
+            f"blocks must be 'plate' (whole plates at once where the model allows it, the "
+            f"coordinate sweep elsewhere) or 'coordinate' (one element at a time), got "
+            f"{blocks!r}."
+        )
+    return int(num_sweeps), scan, blocks
+
+
+@dataclasses.dataclass(frozen=True)
+class Gibbs:
+    """Exact Gibbs updates of the model's discrete latent sites at the stage's β (a move value).
+
+    :param int num_sweeps: sweeps over all discrete sites per application.
+    :param str scan: coordinate order of the coordinate sweep, ``"systematic"`` or
+        ``"random"`` (a fresh random order per sweep).
+    :param str blocks: ``"plate"`` (default): a site inside plates whose elements are
+        conditionally independent is drawn as one vectorised block (cost linear in its
+        size); other sites, and all sites with ``"coordinate"``, get the coordinate sweep.
+
+    Invariant for ``γ_β``: no weight increment. Compose it with the continuous move,
+    ``move=[MALA(), Gibbs()]``; the list is applied in order ``num_moves`` times per stage.
+    """
+
+    num_sweeps: int = 1
+    scan: str = "systematic"
+    blocks: str = "plate"
+
+    name = "gibbs"
+    invariant = True
+
+    def __post_init__(self):
+        validate_options(self.num_sweeps, self.scan, self.blocks)
 
 
 def has_gibbs_sweep(fn):
@@ -89,8 +149,8 @@ def _log_density_of_others(model, model_args, model_kwargs, z, disc, exclude):
     return total
 
 
-def _output_depends_on_input(fn, example):
-    """Whether ``fn``'s output depends on its argument, from the data flow of its jaxpr.
+def _outputs_depending_on_input(fn, example):
+    """For each output of ``fn``, whether it depends on the argument (jaxpr data flow).
 
     Conservative: an equation whose inputs depend on the argument makes all its outputs
     dependent (including through sub-programs), so a false "independent" is impossible."""
@@ -104,7 +164,11 @@ def _output_depends_on_input(fn, example):
     for eqn in jaxpr.eqns:
         if any(hit(v) for v in eqn.invars):
             dependent.update(eqn.outvars)
-    return any(hit(v) for v in jaxpr.outvars)
+    return [hit(v) for v in jaxpr.outvars]
+
+
+def _output_depends_on_input(fn, example):
+    return any(_outputs_depending_on_input(fn, example))
 
 
 def _check_protocol_site(model, model_args, model_kwargs, z, disc, name, site):
@@ -137,14 +201,13 @@ def _check_protocol_site(model, model_args, model_kwargs, z, disc, name, site):
         )
 
 
-def _site_layout(fn, value_shape, support):
+def _site_layout(unit_event_dim, value_shape, support):
     """Per-particle coordinates of a site for the generic sweep.
 
     Returns ``(cand, n_units, unit_size)``: ``cand`` has shape ``(K, n_units, unit_size)``,
     the K support values of every coordinate (a coordinate is one event of the base
     distribution under the ``.expand`` / ``.to_event`` / ``.mask`` wrappers, whose
     per-element support ``inspect_model`` recorded)."""
-    unit_event_dim = bridge.element_distribution(fn).event_dim
     unit_size = math.prod(value_shape[len(value_shape) - unit_event_dim:])
     n_units = math.prod(value_shape) // max(unit_size, 1)
     support = jnp.asarray(support)
@@ -155,15 +218,112 @@ def _site_layout(fn, value_shape, support):
     return cand.reshape(k, n_units, unit_size), n_units, unit_size
 
 
+class _Block(NamedTuple):
+    """A plate block: the dependent terms ``((site, is_likelihood), ...)``, the site's batch
+    shape and the (negative) batch dimensions that are plates."""
+
+    terms: tuple
+    batch_shape: tuple
+    plate_dims: tuple
+
+
+def _term_elements(site, z):
+    """One site's contribution to ``log γ`` per batch element, with its log-Jacobian."""
+    el = bridge.site_log_prob_elements(site)
+    if site["name"] in z:
+        el = el + bridge.log_det_elements(site, z[site["name"]])
+    return el
+
+
+def _to_block(el, batch_shape, plate_dims):
+    """Sum a term over its dimensions that are not the site's plates; shape ``batch_shape``."""
+    el = jnp.asarray(el)
+    nd, r = el.ndim, len(batch_shape)
+    el = jnp.sum(el, axis=tuple(a for a in range(nd) if a - nd not in plate_dims), keepdims=True)
+    el = el.reshape(el.shape[nd - r:]) if nd >= r else el.reshape((1,) * (r - nd) + el.shape)
+    return jnp.broadcast_to(el, batch_shape)
+
+
+def _block_plan(model, model_args, model_kwargs, spec, z, disc, name, site):
+    """The plate block of discrete site ``name``, or ``None`` if only the coordinate sweep is
+    exact for it (see the module docstring for the conditions)."""
+    fn = site["fn"]
+    if bridge.element_distribution(fn).event_dim != fn.event_dim:
+        return None  # elements grouped into one event by .to_event: not plate-independent
+    batch = tuple(fn.batch_shape)
+    frames = {f.dim: f for f in site["cond_indep_stack"]}
+    plate_dims = tuple(d for d in range(-len(batch), 0) if batch[d] > 1)
+    if not plate_dims or any(d not in frames or frames[d].size != batch[d] for d in plate_dims):
+        return None
+    plates = {frames[d].name for d in plate_dims}
+    tr = _site_trace(model, model_args, model_kwargs, z, disc)
+    names = [n for n, st in tr.items() if st["type"] == "sample"]
+
+    def tempered(st):
+        return not st["is_observed"] and bridge.is_tempered_site(st["fn"])
+
+    def totals(value):
+        t = _site_trace(model, model_args, model_kwargs, z, {**disc, name: value})
+        return [sum(bridge.tempered_parts(t[n])) if tempered(t[n])
+                else jnp.sum(_term_elements(t[n], z)) for n in names]
+
+    terms = []
+    for n, dep in zip(names, _outputs_depending_on_input(totals, disc[name])):
+        if not dep:
+            continue
+        st = tr[n]
+        if tempered(st) or not plates <= {f.name for f in st["cond_indep_stack"]}:
+            return None
+        shape = jnp.shape(_term_elements(st, z))
+        if any(len(shape) < -d or shape[d] != batch[d] for d in plate_dims):
+            return None
+        terms.append((n, bool(st["is_observed"] and n not in spec.prior_factors)))
+    return _Block(tuple(terms), batch, plate_dims)
+
+
+def _plan(model, model_args, model_kwargs, spec, z, disc, blocks):
+    """``[(name, kind, detail)]`` for every discrete site: kind ``"protocol"`` (its own
+    ``gibbs_sweep``), ``"plate"`` (detail: the :class:`_Block`) or ``"coordinate"`` (detail:
+    the site's distribution)."""
+    tr = _site_trace(model, model_args, model_kwargs, z, disc)
+    plan = []
+    for name in spec.discrete:
+        site = tr[name]
+        if has_gibbs_sweep(site["fn"]):
+            _check_protocol_site(model, model_args, model_kwargs, z, disc, name, site)
+            plan.append((name, "protocol", None))
+            continue
+        block = None
+        if blocks == "plate":
+            block = _block_plan(model, model_args, model_kwargs, spec, z, disc, name, site)
+        plan.append((name, "plate", block) if block is not None
+                    else (name, "coordinate", site["fn"]))
+    return plan
+
+
+def gibbs_plan(model, model_args=(), model_kwargs=None, blocks="plate", prior_factors=()):
+    """Which exact update each discrete latent site of ``model`` gets: a dict mapping site
+    names to ``"plate"`` (one vectorised block per sweep), ``"coordinate"`` (element by
+    element) or ``"protocol"`` (the distribution's own ``gibbs_sweep``)."""
+    validate_options(1, "systematic", blocks)
+    model_kwargs = model_kwargs or {}
+    spec = bridge.inspect_model(model, model_args, model_kwargs, prior_factors)
+    z, disc, _ = bridge.draw_prior(model, model_args, model_kwargs, spec, jax.random.key(0), 1)
+    z0 = {n: v[0] for n, v in z.items() if n in spec.continuous}
+    d0 = {n: v[0] for n, v in disc.items()}
+    return {n: kind for n, kind, _ in _plan(model, model_args, model_kwargs, spec, z0, d0,
+                                            blocks)}
+
+
 def make_discrete_move(model, model_args, model_kwargs, spec, unravel, num_sweeps=1,
-                       scan="systematic"):
+                       scan="systematic", blocks="plate"):
     """Build ``move(key, beta, x, disc) -> disc`` for ``TemperingConfig.discrete_move``.
 
     ``x``: flat unconstrained continuous particles ``(N, d)`` (``unravel`` maps one row to the
     site dict); ``disc``: dict of ``(N, ...)`` discrete values. Built from the arguments given
     to ``sample`` so that ``jit_model_args=True`` sees new data.
     """
-    num_sweeps, scan = validate_options(num_sweeps, scan)
+    num_sweeps, scan, blocks = validate_options(num_sweeps, scan, blocks)
     model_kwargs = model_kwargs or {}
 
     def log_gamma(beta, xi, di):
@@ -174,7 +334,8 @@ def make_discrete_move(model, model_args, model_kwargs, spec, unravel, num_sweep
         n = x.shape[0]
         value_shape = disc[name].shape[1:]
         dtype = disc[name].dtype
-        cand, n_units, unit = _site_layout(fn, value_shape, spec.discrete_support[name])
+        cand, n_units, unit = _site_layout(bridge.element_distribution(fn).event_dim,
+                                           value_shape, spec.discrete_support[name])
         cand = cand.astype(dtype)
         k_order, k_draw = jax.random.split(key)
         order = (jnp.arange(n_units) if scan == "systematic"
@@ -202,6 +363,35 @@ def make_discrete_move(model, model_args, model_kwargs, spec, unravel, num_sweep
         disc, _ = jax.lax.scan(body, disc, (order, jax.random.split(k_draw, n_units)))
         return disc
 
+    def block_update(key, beta, x, disc, name, block):
+        value_shape, dtype = disc[name].shape[1:], disc[name].dtype
+        cand, n_units, unit = _site_layout(len(value_shape) - len(block.batch_shape),
+                                           value_shape, spec.discrete_support[name])
+        cand = cand.astype(dtype)
+        full = cand.reshape((cand.shape[0],) + tuple(value_shape))  # every element = v_k
+
+        def logits_one(xi, di):  # (K, n_units): each element's conditional, all at once
+            zi = unravel(xi)
+
+            def at(v):
+                tr = _site_trace(model, model_args, model_kwargs, zi, {**di, name: v})
+                total = jnp.zeros(block.batch_shape)
+                for site_name, is_lik in block.terms:
+                    el = _to_block(_term_elements(tr[site_name], zi), block.batch_shape,
+                                   block.plate_dims)
+                    total = total + (beta * el if is_lik else el)
+                return total.reshape(n_units)
+
+            return jax.vmap(at)(full)
+
+        logits = jnp.moveaxis(jax.vmap(logits_one)(x, disc), 1, -1)  # (N, n_units, K)
+        logits = jnp.where(jnp.isnan(logits), -jnp.inf, logits)
+        choice = jax.random.categorical(key, logits, axis=-1)
+        new = cand[choice, jnp.arange(n_units)]  # (N, n_units, unit)
+        ok = jnp.any(jnp.isfinite(logits), axis=-1)[..., None]
+        old = disc[name].reshape(new.shape)
+        return {**disc, name: jnp.where(ok, new, old).reshape(disc[name].shape)}
+
     def protocol_update(key, beta, x, disc, name):
         def one(k, xi, di):
             fn = _site_trace(model, model_args, model_kwargs, unravel(xi), di)[name]["fn"]
@@ -213,23 +403,19 @@ def make_discrete_move(model, model_args, model_kwargs, spec, unravel, num_sweep
     def move(key, beta, x, disc):
         if not spec.discrete:
             return disc
-        # Structure (which sites use the protocol, their base event dims) is static: read it
-        # from one traced particle. The ops it creates are dead code in the compiled program.
+        # Structure (which update each site gets) is static: read it from one traced
+        # particle. The ops it creates are dead code in the compiled program.
         x0, d0 = x[0], {k: v[0] for k, v in disc.items()}
-        tr = _site_trace(model, model_args, model_kwargs, unravel(x0), d0)
-        plan = []
-        for name in spec.discrete:
-            site = tr[name]
-            if has_gibbs_sweep(site["fn"]):
-                _check_protocol_site(model, model_args, model_kwargs, unravel(x0), d0, name, site)
-                plan.append((name, None))
-            else:
-                plan.append((name, site["fn"]))
+        plan = _plan(model, model_args, model_kwargs, spec, unravel(x0), d0, blocks)
 
         def sweep(d, k):
-            for (name, fn), kk in zip(plan, jax.random.split(k, len(plan))):
-                d = (protocol_update(kk, beta, x, d, name) if fn is None
-                     else generic_update(kk, beta, x, d, name, fn))
+            for (name, kind, detail), kk in zip(plan, jax.random.split(k, len(plan))):
+                if kind == "protocol":
+                    d = protocol_update(kk, beta, x, d, name)
+                elif kind == "plate":
+                    d = block_update(kk, beta, x, d, name, detail)
+                else:
+                    d = generic_update(kk, beta, x, d, name, detail)
             return d, None
 
         disc, _ = jax.lax.scan(sweep, disc, jax.random.split(key, num_sweeps))
@@ -238,4 +424,5 @@ def make_discrete_move(model, model_args, model_kwargs, spec, unravel, num_sweep
     return move
 
 
-__all__ = ["SCANS", "has_gibbs_sweep", "make_discrete_move", "validate_options"]
+__all__ = ["BLOCKS", "SCANS", "Gibbs", "gibbs_plan", "has_gibbs_sweep", "make_discrete_move",
+           "validate_options"]

@@ -30,11 +30,11 @@ from numpyro.infer.mcmc import MCMCKernel
 from numpyro.util import is_prng_key
 
 from numpyro_jarzynski.engine import schedules
-from numpyro_jarzynski.engine.kernels import as_kernel
+from numpyro_jarzynski.engine.kernels import MALA, as_kernel
 from numpyro_jarzynski.engine.resampling import get_scheme
 from numpyro_jarzynski.infer import model_bridge as bridge
 from numpyro_jarzynski.infer import report
-from numpyro_jarzynski.infer.gibbs import make_discrete_move, validate_options
+from numpyro_jarzynski.infer.gibbs import Gibbs, make_discrete_move
 from numpyro_jarzynski.infer.tempering import (
     Codec,
     ParticleCache,
@@ -48,6 +48,7 @@ from numpyro_jarzynski.infer.tempering import (
 # leapfrog step are unstable for h ≥ 2: no user step may reach it.
 STEP_SIZE_LIMIT = 2.0
 FEW_PARTICLES = 100
+_DEFAULT_MOVE = MALA()
 MIN_TARGET_ESS = 0.1
 
 
@@ -108,12 +109,12 @@ class JarzynskiSMC(MCMCKernel):
         required for ``ImproperUniform`` priors).
     :param prior_factors: names of ``numpyro.factor`` sites that belong to the prior (not
         tempered). Other factors are part of the likelihood.
-    :param int num_sweeps: Gibbs sweeps over the discrete latent sites per stage, at the
-        stage's β after the continuous moves (exact, so no weight increment; see
-        ``docs/discrete.md``).
-    :param str scan: coordinate order of the generic discrete sweep: ``"systematic"`` or
-        ``"random"`` (a fresh random order each sweep). Distributions with ``gibbs_sweep``
-        use their own order.
+
+    Models with discrete latent sites: ``move`` may be a list of one continuous move and a
+    :class:`~numpyro_jarzynski.infer.gibbs.Gibbs` value, applied in that order ``num_moves``
+    times per stage, e.g. ``move=[MALA(), Gibbs(num_sweeps=2)]``; a continuous move alone
+    gets ``Gibbs()`` appended (exact Gibbs updates at the stage's β, no weight increment;
+    whole plates at once where the model allows it, see ``docs/discrete.md``).
     """
 
     sample_field = "z"
@@ -135,12 +136,17 @@ class JarzynskiSMC(MCMCKernel):
         target_accept=None,
         init_particles=None,
         prior_factors=(),
-        num_sweeps=1,
-        scan="systematic",
+        num_sweeps=None,
+        scan=None,
     ):
         if model is None or not callable(model):
             raise ValueError("JarzynskiSMC needs a NumPyro model (a callable).")
-        move = as_kernel(move)
+        if num_sweeps is not None or scan is not None:
+            raise TypeError(
+                "num_sweeps and scan are settings of the discrete move now: pass "
+                "move=[MALA(), Gibbs(num_sweeps=..., scan=...)] (Gibbs from numpyro_jarzynski)."
+            )
+        move, self.gibbs, self.discrete_first = _split_moves(move)
         num_particles = _check_count("num_particles", num_particles, 2)
         if num_particles < FEW_PARTICLES:
             warnings.warn(
@@ -186,10 +192,10 @@ class JarzynskiSMC(MCMCKernel):
                 f"schedule must be 'adaptive', 'linear', 'geometric' or an array, got {schedule!r}."
             )
         get_scheme(resampling)  # validates the name now, not at the first resampling
-        self.num_sweeps, self.scan = validate_options(num_sweeps, scan)
         self._model = model
         self.num_particles = num_particles
-        self.move = move
+        self._continuous_move = move
+        self.move = move if move is not None else _DEFAULT_MOVE
         self._step_size = step_size
         self.num_moves = num_moves
         self.schedule = schedule
@@ -199,7 +205,7 @@ class JarzynskiSMC(MCMCKernel):
         self.resampling = resampling
         self.adapt_step_size = bool(adapt_step_size)
         self.target_accept = (
-            target_accept if target_accept is not None else move.default_target
+            target_accept if target_accept is not None else self.move.default_target
         )
         self.init_particles = init_particles
         self.prior_factors = tuple(prior_factors)
@@ -292,6 +298,17 @@ class JarzynskiSMC(MCMCKernel):
         self._spec = bridge.inspect_model(
             self._model, model_args, model_kwargs, self.prior_factors
         )
+        if self.gibbs is not None and not self._spec.discrete:
+            raise ValueError(
+                "move lists Gibbs(), but the model has no discrete latent sites for it to "
+                "update. Drop Gibbs() from move."
+            )
+        if self._continuous_move is None and self._spec.continuous:
+            raise ValueError(
+                f"move=Gibbs() updates only the discrete sites, but the model has continuous "
+                f"latent sites ({', '.join(self._spec.continuous)}) that would never move. "
+                "Add a continuous move: move=[MALA(), Gibbs()]."
+            )
         if not is_prng_key(rng_key):  # vectorized chains: a batch of keys
             return jax.vmap(lambda k: self._init_one(k, num_warmup, model_args, model_kwargs))(
                 rng_key
@@ -323,11 +340,13 @@ class JarzynskiSMC(MCMCKernel):
         """Attach the Gibbs move of the discrete sites, built from these model arguments."""
         if not self._spec.discrete:
             return config
+        g = self.gibbs or Gibbs()
         move = make_discrete_move(
             self._model, model_args, model_kwargs or {}, self._spec, self._unravel,
-            self.num_sweeps, self.scan,
+            g.num_sweeps, g.scan, g.blocks,
         )
-        return dataclasses.replace(config, discrete_move=move)
+        return dataclasses.replace(config, discrete_move=move,
+                                   discrete_first=self.discrete_first)
 
     def sample(self, state, model_args, model_kwargs):
         model_kwargs = model_kwargs or {}
@@ -389,6 +408,35 @@ class JarzynskiSMC(MCMCKernel):
 
     def get_diagnostics_str(self, state):
         return f"beta {float(state.beta):.3f}, ess {float(state.ess):.2f}, log Z {float(state.log_evidence):.3f}"
+
+
+def _split_moves(move):
+    """``move`` (a value, a name, or a list) -> (continuous move, Gibbs or None, Gibbs first).
+
+    A list holds at most one continuous move and at most one :class:`Gibbs`, applied in the
+    list's order. With no continuous move the default MALA stands in (for purely discrete
+    models it has nothing to move)."""
+    moves = list(move) if isinstance(move, (list, tuple)) else [move]
+    if not moves:
+        raise ValueError("move is an empty list: give a move, e.g. move='mala'.")
+    gibbs = [m for m in moves if isinstance(m, Gibbs)]
+    if any(isinstance(m, type) for m in moves):
+        bad = next(m for m in moves if isinstance(m, type))
+        raise TypeError(f"move lists the class {bad.__name__}; pass an instance: "
+                        f"{bad.__name__}().")
+    cont = [as_kernel(m) for m in moves if not isinstance(m, Gibbs)]
+    if len(gibbs) > 1:
+        raise ValueError("move lists Gibbs() more than once; use Gibbs(num_sweeps=k) for k "
+                         "sweeps per application.")
+    if len(cont) > 1:
+        raise ValueError(
+            f"move lists {len(cont)} continuous moves ({', '.join(m.name for m in cont)}); a "
+            "stage applies one continuous move (with an optional Gibbs() for discrete "
+            "sites). Pick one, e.g. move=[" + cont[0].name.upper() + "(), Gibbs()]."
+        )
+    first = bool(gibbs) and bool(cont) and moves.index(gibbs[0]) < moves.index(
+        next(m for m in moves if not isinstance(m, Gibbs)))
+    return (cont[0] if cont else None), (gibbs[0] if gibbs else None), first
 
 
 def _fingerprint(args, kwargs):

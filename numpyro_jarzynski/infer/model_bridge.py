@@ -98,16 +98,20 @@ def _is_factor(site):
     return isinstance(unwrap(site["fn"]), dist.Unit)
 
 
-def site_log_prob(site):
+def site_log_prob_elements(site):
+    """The site's log density before summing over its batch (subsample scale applied)."""
     value = site["value"]
     if site.get("intermediates"):
         lp = site["fn"].log_prob(value, site["intermediates"])
     else:
         lp = site["fn"].log_prob(value)
-    lp = jnp.sum(lp)
     if site["scale"] is not None:
         lp = site["scale"] * lp
     return lp
+
+
+def site_log_prob(site):
+    return jnp.sum(site_log_prob_elements(site))
 
 
 def _placeholder(site):
@@ -276,15 +280,19 @@ def unconstrained_substitute(z, discrete):
     return fn
 
 
-def _log_det(site, u):
+def log_det_elements(site, u):
+    """Log-Jacobian of the site's map from unconstrained ``u``, per batch element."""
     t = biject_to(site["fn"].support)
     value = site["value"]
     ld = t.log_abs_det_jacobian(u, value)
     ld = sum_rightmost(ld, jnp.ndim(ld) - jnp.ndim(value) + len(site["fn"].event_shape))
-    ld = jnp.sum(ld)
     if site["scale"] is not None:
         ld = site["scale"] * ld
     return ld
+
+
+def _log_det(site, u):
+    return jnp.sum(log_det_elements(site, u))
 
 
 def tempered_parts(site):

@@ -169,7 +169,8 @@ class TemperingConfig:
     resampling: Any = "systematic"
     adapt_step_size: bool = True
     target_accept: float = 0.65
-    discrete_move: Callable | None = None  # (key, beta, x, disc) -> disc
+    discrete_move: Callable | None = None  # (key, beta, x, disc) -> disc, after each move
+    discrete_first: bool = False  # the Gibbs update before the continuous move, not after
 
 
 class Codec(NamedTuple):
@@ -362,13 +363,34 @@ def _move_stage(key, state, pop, disc, evaluate, config, kernel):
     res = res._replace(resampled=res.resampled.astype(jnp.int32))
     scale, pooled = crossfit_scale(pop, state.scale)
     one = jnp.ones((), cess.dtype)
-    if pop.x.shape[-1] == 0:  # purely discrete model: nothing to move here (Gibbs does it)
+    gibbs = config.discrete_move
+    if pop.x.shape[-1] == 0 and gibbs is None:  # nothing to move
         return _Moved(pop, cache, disc, beta_b, cess, one, 0.0 * one, one, res, khat_before,
                       dead, one, jnp.zeros((), jnp.int32)), pooled
 
+    def discrete(k, pop, cache, disc, dead):
+        # Exact Gibbs at β_b leaves ρ_β invariant: no weight increment. The densities and
+        # gradients depend on the discrete state, so the cache is evaluated afresh.
+        disc = gibbs(k, beta_b, pop.x, disc)
+        cache = evaluate(pop.x, disc)
+        new_w = jnp.where(jnp.isfinite(cache.log_density(beta_b)), pop.log_weights, -jnp.inf)
+        dead = dead + _deaths(pop.log_weights, new_w)
+        return pop._replace(log_weights=new_w), cache, disc, dead
+
     def body(carry, k):
+        if gibbs is None:
+            k_move, k_res = jax.random.split(k)
+        else:
+            k_move, k_res, k_disc = jax.random.split(k, 3)
         pop, cache, disc, res, dead = carry
-        k_move, k_res = jax.random.split(k)
+        if gibbs is not None and config.discrete_first:
+            pop, cache, disc, dead = discrete(k_disc, pop, cache, disc, dead)
+        if pop.x.shape[-1] == 0:  # purely discrete model: only the Gibbs sweeps move
+            if not config.discrete_first:
+                pop, cache, disc, dead = discrete(k_disc, pop, cache, disc, dead)
+            # (no continuous jump to measure: recorded as a full renewal, 1 per stage)
+            return (pop, cache, disc, res, dead), (one, one, one / config.num_moves,
+                                                   jnp.zeros((), jnp.int32))
         out = kernel.step(k_move, pop.x, cache, _target(evaluate, beta_b, disc), h, scale)
         jump = _jump(pop.log_weights, pop.x, out.x, scale)
         move_cess = one
@@ -383,6 +405,8 @@ def _move_stage(key, state, pop, disc, evaluate, config, kernel):
             res = _worse(res, r)
         else:
             pop, cache = pop._replace(x=out.x), out.cache
+        if gibbs is not None and not config.discrete_first:
+            pop, cache, disc, dead = discrete(k_disc, pop, cache, disc, dead)
         div = jnp.sum(out.diverged).astype(jnp.int32)
         return (pop, cache, disc, res, dead), (move_cess, jnp.mean(out.acceptance), jump, div)
 
@@ -429,7 +453,7 @@ def _guarded_stage(state, evaluate, codec, config):
 
 
 def _stage(state, evaluate, codec, config):
-    key, k_stage, k_disc = jax.random.split(state.rng_key, 3)
+    key, k_stage, _ = jax.random.split(state.rng_key, 3)
     x, disc = codec.split(state.z)
     i, beta_a, h = state.i, state.beta, state.step_size
     pop = Population(x, state.log_weights, state.log_z_banked)
@@ -447,14 +471,6 @@ def _stage(state, evaluate, codec, config):
         )
     pop, cache, disc, beta_b = moved.pop, moved.cache, moved.disc, moved.beta_b
     num_dead = moved.num_dead
-
-    if config.discrete_move is not None:
-        # Exact Gibbs at the current β leaves ρ_β invariant: no weight increment.
-        disc = config.discrete_move(k_disc, beta_b, pop.x, disc)
-        cache = evaluate(pop.x, disc)
-        new_w = jnp.where(jnp.isfinite(cache.log_density(beta_b)), pop.log_weights, -jnp.inf)
-        num_dead = num_dead + _deaths(pop.log_weights, new_w)
-        pop = pop._replace(log_weights=new_w)
 
     res = moved.resample
     pop, cache, disc = replace_dead(pop, cache, disc)
