@@ -28,7 +28,7 @@ from numpyro_jarzynski.ebm import (
     TrainResult,
     TrainState,
 )
-from numpyro_jarzynski.engine.kernels import HMC, MALA, UHMC, ULA
+from numpyro_jarzynski.engine.kernels import HMC, MALA, UHMC, ULA, Auto
 from numpyro_jarzynski.infer import JarzynskiSMC, SMCState
 from numpyro_jarzynski.infer.gibbs import Gibbs, gibbs_plan
 from numpyro_jarzynski.interpolants import (
@@ -40,6 +40,7 @@ from numpyro_jarzynski.interpolants import (
 __version__ = "0.1.0"
 __all__ = [
     "HMC",
+    "Auto",
     "MALA",
     "UHMC",
     "ULA",

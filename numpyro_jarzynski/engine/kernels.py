@@ -259,19 +259,70 @@ class HMC(_Hamiltonian):
         return MoveResult(x_out, c_out, jnp.zeros_like(prob), prob, ~jnp.isfinite(log_ratio))
 
 
+@dataclass(frozen=True)
+class Auto:
+    r"""The move chosen per stage by its measured efficiency (``move="auto"``).
+
+    Each candidate keeps its own step size, tuned by its own rule whenever it runs. A stage
+    gives every candidate the same gradient budget (``num_moves`` × the largest
+    ``grads_per_move`` among the candidates, spent as ``budget // grads_per_move`` moves) and
+    scores the one it ran by
+
+    .. math::  	ext{efficiency} = 	ext{jump} 	imes 	ext{CESS}_{	ext{moves}},
+
+    the squared jump of the stage's moves in units of the preconditioner (``StageHistory.jump``)
+    times the conditional ESS of their Crooks increments (1 for adjusted moves): how far the
+    particles were carried, discounted by the weight noise paid for it, at equal gradients.
+    The score of a candidate is the one measured the last time it ran (the target changes
+    along the path, so old scores are not averaged in). Stages ``0 .. C−1`` try each candidate
+    once; afterwards each stage runs the best-scoring candidate, except every ``explore``-th
+    stage, which reruns the candidate measured longest ago so that no score goes stale.
+    Scores are read from earlier stages only, never from the particles being moved, so the
+    choice does not bias the weights. ``StageHistory.move_index`` records the choice
+    (an index into ``candidates``).
+    """
+
+    candidates: tuple = (ULA(), MALA(), HMC(), UHMC())
+    explore: int = 5
+
+    name = "auto"
+
+    def __post_init__(self):
+        cands = tuple(self.candidates)
+        if not cands or not all(isinstance(c, tuple(KERNELS.values())) for c in cands):
+            raise TypeError(
+                "Auto(candidates=...) takes a non-empty tuple of move values (ULA(), MALA(), "
+                f"HMC(...), UHMC(...)), got {self.candidates!r}."
+            )
+        object.__setattr__(self, "candidates", cands)
+        if isinstance(self.explore, bool) or int(self.explore) != self.explore or self.explore < 2:
+            raise ValueError(f"Auto(explore=...) must be an integer >= 2, got {self.explore!r}.")
+
+    @property
+    def invariant(self):
+        return all(c.invariant for c in self.candidates)
+
+    def moves_per_stage(self, num_moves):
+        """Moves of each candidate that spend the same gradients per stage."""
+        budget = num_moves * max(c.grads_per_move for c in self.candidates)
+        return tuple(max(1, budget // c.grads_per_move) for c in self.candidates)
+
+
 KERNELS = {"ula": ULA, "mala": MALA, "hmc": HMC, "uhmc": UHMC}
 
 
 def as_kernel(move):
     """A move value from a move or its name (``"ula"``, ``"mala"``, ``"hmc"``, ``"uhmc"``)."""
     if isinstance(move, str):
+        if move == "auto":
+            return Auto()
         if move not in KERNELS:
             raise ValueError(
-                f"move must be one of {tuple(KERNELS)} or a move value from "
+                f"move must be one of {tuple(KERNELS) + ('auto',)} or a move value from "
                 f"numpyro_jarzynski.engine.kernels (e.g. HMC(num_steps=10)), got {move!r}."
             )
         return KERNELS[move]()
-    if isinstance(move, tuple(KERNELS.values())):
+    if isinstance(move, (*KERNELS.values(), Auto)):
         return move
     raise TypeError(
         f"move must be a name in {tuple(KERNELS)} or a move value (ULA(), MALA(), HMC(...), "

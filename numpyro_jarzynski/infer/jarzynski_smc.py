@@ -30,7 +30,7 @@ from numpyro.infer.mcmc import MCMCKernel
 from numpyro.util import is_prng_key
 
 from numpyro_jarzynski.engine import schedules
-from numpyro_jarzynski.engine.kernels import MALA, as_kernel
+from numpyro_jarzynski.engine.kernels import MALA, Auto, as_kernel
 from numpyro_jarzynski.engine.resampling import get_scheme
 from numpyro_jarzynski.infer import model_bridge as bridge
 from numpyro_jarzynski.infer import report
@@ -88,7 +88,9 @@ class JarzynskiSMC(MCMCKernel):
         Langevin, invariant), ``"ula"`` (unadjusted Langevin, with the Crooks weight
         correction that makes it exact), ``"hmc"`` (Hamiltonian Monte Carlo, invariant;
         ``HMC(num_steps=L)`` for L leapfrog steps) or ``"uhmc"`` (unadjusted HMC with its
-        exact Crooks increment ``−ΔH``; ``UHMC(num_steps=L)``). See ``docs/moves.md``.
+        exact Crooks increment ``−ΔH``; ``UHMC(num_steps=L)``), or ``"auto"``
+        (:class:`~numpyro_jarzynski.engine.kernels.Auto`: per stage, the candidate with the
+        best measured jump × weight-ESS at equal gradients). See ``docs/moves.md``.
     :param float step_size: initial dimensionless step ``h`` (moves are preconditioned by the
         particles' per-coordinate spread). Default ``d^{-1/3}`` for MALA, ``0.5 d^{-1/3}``
         for ULA, ``d^{-1/4}`` for HMC, ``0.5 d^{-1/4}`` for unadjusted HMC.
@@ -171,6 +173,12 @@ class JarzynskiSMC(MCMCKernel):
         )
         if target_accept is not None:
             target_accept = _check_open_unit("target_accept", target_accept)
+            if isinstance(move, Auto):
+                raise ValueError(
+                    "target_accept does not apply to move='auto': each candidate is tuned "
+                    "toward its own target (acceptance 0.65, or stage weight-noise CESS 0.9). "
+                    "Leave target_accept unset, or pick one move."
+                )
         if not isinstance(resample_threshold, numbers.Real) or not (
             0.0 <= resample_threshold <= 1.0
         ):
@@ -205,7 +213,8 @@ class JarzynskiSMC(MCMCKernel):
         self.resampling = resampling
         self.adapt_step_size = bool(adapt_step_size)
         self.target_accept = (
-            target_accept if target_accept is not None else self.move.default_target
+            target_accept if target_accept is not None
+            else getattr(self.move, "default_target", None)
         )
         self.init_particles = init_particles
         self.prior_factors = tuple(prior_factors)
@@ -279,8 +288,9 @@ class JarzynskiSMC(MCMCKernel):
             discrete_move=None,
         )
 
-    def _default_step_size(self, dim):
-        return min(self.move.default_step(dim), self.move.max_step)
+    def _default_step_size(self, dim, move=None):
+        move = move or self.move
+        return min(move.default_step(dim), move.max_step)
 
     # ----------------------------------------------------------------- MCMCKernel API
     def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
@@ -331,8 +341,14 @@ class JarzynskiSMC(MCMCKernel):
         evaluate = self._evaluate_fn(model_args, model_kwargs)
         x, disc = self._codec.split(z)
         cache = evaluate(x, disc)
-        h = self._step_size if self._step_size is not None else self._default_step_size(dim)
-        state = init_state(key_state, z, log_w, cache, h, num_warmup, self._codec)
+        auto_steps = ()
+        if isinstance(self.move, Auto):  # every candidate starts at its own default step
+            auto_steps = tuple(self._step_size or self._default_step_size(dim, c)
+                               for c in self.move.candidates)
+            h = auto_steps[0]
+        else:
+            h = self._step_size if self._step_size is not None else self._default_step_size(dim)
+        state = init_state(key_state, z, log_w, cache, h, num_warmup, self._codec, auto_steps)
         self._sample_fn = self.sample
         return state
 

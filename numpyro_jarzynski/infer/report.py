@@ -160,7 +160,8 @@ def run_health(state, num_particles, target_ess=0.9, num_chains=None, num_moves=
         kh_i = int(np.argmax(khat)) if khat.size else -1
         dead_stages = np.flatnonzero(h.num_dead[ran] > 0)
         steps = h.step_size[ran]
-        reductions = int(np.sum(steps[1:] < 0.5 * steps[:-1])) if steps.size > 1 else 0
+        same = h.move_index[ran][1:] == h.move_index[ran][:-1]  # move="auto" switches steps
+        reductions = int(np.sum(same & (steps[1:] < 0.5 * steps[:-1]))) if steps.size > 1 else 0
         renewal = _renewals(h.jump[ran], h.resampled[ran], h.beta[ran])
         div = h.num_divergent[ran] / (num_particles * max(int(num_moves), 1))
         div_i = int(np.argmax(div)) if div.size else -1

@@ -43,7 +43,7 @@ kernel raises and warns from Python after the compiled run
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import jax
@@ -95,7 +95,8 @@ class StageHistory(NamedTuple):
     near 0 when the moves barely move it; 1 for a model with no continuous sites);
     ``num_divergent``: proposals of the stage's moves that landed where the density or its
     gradient is not finite (rejected by adjusted moves; left in place, exactly, by unadjusted
-    ones).
+    ones); ``move_index``: the candidate that ``move="auto"`` ran at the stage (an index into
+    ``Auto.candidates``; 0 for a fixed move).
     """
 
     beta: jax.Array
@@ -113,9 +114,21 @@ class StageHistory(NamedTuple):
     num_dead: jax.Array
     jump: jax.Array
     num_divergent: jax.Array
+    move_index: jax.Array
 
 
 STAGE_FIELDS = StageHistory._fields
+INT_STAGE_FIELDS = ("resampled", "num_dead", "num_divergent", "move_index")
+
+
+class AutoState(NamedTuple):
+    """Per-candidate bookkeeping of ``move="auto"`` (length 0 for a fixed move): each
+    candidate's own step size, its last measured efficiency, and the stage it last ran (−1:
+    never)."""
+
+    step_size: jax.Array
+    score: jax.Array
+    last: jax.Array
 
 
 class SMCState(NamedTuple):
@@ -149,6 +162,7 @@ class SMCState(NamedTuple):
     fail_stage: jax.Array
     fail_beta: jax.Array
     history: StageHistory
+    auto: AutoState
     rng_key: jax.Array
 
 
@@ -195,7 +209,9 @@ def _finite(v):
     return jnp.where(jnp.isfinite(v), v, -jnp.inf)
 
 
-def init_state(rng_key, z, log_weights, cache, step_size, num_stages, codec):
+def init_state(rng_key, z, log_weights, cache, step_size, num_stages, codec, auto_steps=()):
+    """The state before the first stage. ``auto_steps``: the initial step of every candidate
+    of ``move="auto"`` (empty for a fixed move)."""
     x, _ = codec.split(z)
     log_weights = jnp.where(
         jnp.isfinite(cache.log_prior) & jnp.isfinite(cache.log_lik), W.sanitize(log_weights), -jnp.inf
@@ -209,8 +225,7 @@ def init_state(rng_key, z, log_weights, cache, step_size, num_stages, codec):
     h = max(num_stages, 1)
     nan = jnp.full((h,), jnp.nan, dtype)
     history = StageHistory(
-        **{f: (jnp.zeros((h,), jnp.int32) if f in ("resampled", "num_dead", "num_divergent")
-            else nan)
+        **{f: (jnp.zeros((h,), jnp.int32) if f in INT_STAGE_FIELDS else nan)
            for f in STAGE_FIELDS}
     )
     zero = jnp.zeros((), dtype)
@@ -236,6 +251,11 @@ def init_state(rng_key, z, log_weights, cache, step_size, num_stages, codec):
         fail_stage=jnp.where(all_dead, 0, -1).astype(jnp.int32),
         fail_beta=zero,
         history=history,
+        auto=AutoState(
+            jnp.asarray(auto_steps, dtype).reshape(-1),
+            jnp.full((len(auto_steps),), jnp.nan, dtype),
+            jnp.full((len(auto_steps),), -1, jnp.int32),
+        ),
         rng_key=rng_key,
     )
 
@@ -460,15 +480,24 @@ def _stage(state, evaluate, codec, config):
     log_z_before = state.log_evidence
 
     kernel = config.move
-    if kernel.invariant:
-        moved, pooled = _move_stage(k_stage, state, pop, disc, evaluate, config, kernel)
+    if isinstance(kernel, K.Auto):
+        idx = _auto_choice(state.auto, i, kernel.explore)
+        moves = kernel.moves_per_stage(config.num_moves)
+
+        def branch(c, m):
+            cfg = replace(config, num_moves=m, target_accept=c.default_target)
+            return lambda: _run_kernel(k_stage, state, pop, disc, evaluate, cfg, c,
+                                       state.auto.step_size[idx])
+
+        moved, pooled, new_h = jax.lax.switch(
+            idx, [branch(c, m) for c, m in zip(kernel.candidates, moves)])
+        h = state.auto.step_size[idx]
+        auto = AutoState(state.auto.step_size.at[idx].set(new_h),
+                         state.auto.score.at[idx].set(_finite(moved.jump * moved.move_cess)),
+                         state.auto.last.at[idx].set(i))
     else:
-        # Nothing left to anneal (β = 1): the same proposals with the Metropolis test.
-        moved, pooled = jax.lax.cond(
-            beta_a >= 1.0,
-            lambda: _move_stage(k_stage, state, pop, disc, evaluate, config, kernel.adjusted()),
-            lambda: _move_stage(k_stage, state, pop, disc, evaluate, config, kernel),
-        )
+        idx, auto = jnp.zeros((), jnp.int32), state.auto
+        moved, pooled, new_h = _run_kernel(k_stage, state, pop, disc, evaluate, config, kernel, h)
     pop, cache, disc, beta_b = moved.pop, moved.cache, moved.disc, moved.beta_b
     num_dead = moved.num_dead
 
@@ -477,19 +506,6 @@ def _stage(state, evaluate, codec, config):
     log_z = pop.log_evidence
     ess = W.ess(pop.log_weights)
     khat = _khat(pop.log_weights)
-    if not config.adapt_step_size:
-        new_h = h
-    elif kernel.invariant:
-        new_h = M.adapt_step_size(h, moved.acceptance, config.target_accept,
-                                  max_step=kernel.max_step)
-    else:
-        new_h = jnp.where(
-            beta_a >= 1.0,
-            M.adapt_step_size(h, moved.acceptance, kernel.adjusted().default_target,
-                              max_step=kernel.max_step),
-            _noise_step_rule(h, moved.noise, config.target_accept, kernel.max_step,
-                             kernel.noise_exponent),
-        )
     n = pop.log_weights.shape[0]
     stats = {
         "beta": beta_b, "ess": ess,
@@ -500,7 +516,7 @@ def _stage(state, evaluate, codec, config):
         "acceptance_rate": moved.acceptance, "step_size": h,
         "resampled": res.resampled.astype(jnp.int32), "pareto_khat": khat,
         "pareto_khat_before_resampling": moved.khat_before, "num_dead": num_dead,
-        "jump": moved.jump, "num_divergent": moved.num_divergent,
+        "jump": moved.jump, "num_divergent": moved.num_divergent, "move_index": idx,
     }
     idx = jnp.minimum(i, state.history.beta.shape[0] - 1)
     in_warmup = i < config.num_stages
@@ -534,6 +550,49 @@ def _stage(state, evaluate, codec, config):
         scale=pooled,
         num_unique=num_unique,
         history=history,
+        auto=auto,
         rng_key=key,
     )
+
+
+def _run_kernel(key, state, pop, disc, evaluate, config, kernel, h):
+    """The move block of a stage with one kernel at step ``h``: ``(moved, pooled, new h)``.
+
+    An unadjusted kernel runs as its Metropolis-adjusted twin once β = 1 (nothing is left to
+    anneal, so its proposals only mix). The step for the next stage is adapted from this
+    stage's moves only (acceptance, or the Crooks noise at fixed β)."""
+    beta_a = state.beta
+    state = state._replace(step_size=h)
+    if kernel.invariant:
+        moved, pooled = _move_stage(key, state, pop, disc, evaluate, config, kernel)
+    else:
+        moved, pooled = jax.lax.cond(
+            beta_a >= 1.0,
+            lambda: _move_stage(key, state, pop, disc, evaluate, config, kernel.adjusted()),
+            lambda: _move_stage(key, state, pop, disc, evaluate, config, kernel),
+        )
+    if not config.adapt_step_size:
+        new_h = h
+    elif kernel.invariant:
+        new_h = M.adapt_step_size(h, moved.acceptance, config.target_accept,
+                                  max_step=kernel.max_step)
+    else:
+        new_h = jnp.where(
+            beta_a >= 1.0,
+            M.adapt_step_size(h, moved.acceptance, kernel.adjusted().default_target,
+                              max_step=kernel.max_step),
+            _noise_step_rule(h, moved.noise, config.target_accept, kernel.max_step,
+                             kernel.noise_exponent),
+        )
+    return moved, pooled, jnp.asarray(new_h, h.dtype)
+
+
+def _auto_choice(auto, i, explore):
+    """The candidate of ``move="auto"`` for stage ``i``: each untried one in turn, then the
+    best last score, except every ``explore``-th stage, which reruns the stalest score."""
+    untried = auto.last < 0
+    best = jnp.argmax(jnp.where(jnp.isfinite(auto.score), auto.score, -jnp.inf))
+    stale = jnp.argmin(auto.last)
+    pick = jnp.where(i % explore == explore - 1, stale, best)
+    return jnp.where(jnp.any(untried), jnp.argmax(untried), pick).astype(jnp.int32)
 
