@@ -210,7 +210,7 @@ def test_auto_follows_its_rule_and_stays_exact():
     mcmc.run(jax.random.key(3), y)
     state = mcmc.last_state
     for c in range(runs):
-        hist = jax.tree.map(lambda v: v[c], state.history)
+        hist = jax.tree.map(lambda v, c=c: v[c], state.history)
         want, got = _auto_rule(hist, 2, 3)
         np.testing.assert_array_equal(got, want)
     assert len(set(np.asarray(state.history.move_index).ravel())) >= 2  # it does switch

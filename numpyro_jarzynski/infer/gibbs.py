@@ -365,7 +365,7 @@ def make_discrete_move(model, model_args, model_kwargs, spec, unravel, num_sweep
 
     def block_update(key, beta, x, disc, name, block):
         value_shape, dtype = disc[name].shape[1:], disc[name].dtype
-        cand, n_units, unit = _site_layout(len(value_shape) - len(block.batch_shape),
+        cand, n_units, _ = _site_layout(len(value_shape) - len(block.batch_shape),
                                            value_shape, spec.discrete_support[name])
         cand = cand.astype(dtype)
         full = cand.reshape((cand.shape[0],) + tuple(value_shape))  # every element = v_k

@@ -475,7 +475,7 @@ def _guarded_stage(state, evaluate, codec, config):
 def _stage(state, evaluate, codec, config):
     key, k_stage, _ = jax.random.split(state.rng_key, 3)
     x, disc = codec.split(state.z)
-    i, beta_a, h = state.i, state.beta, state.step_size
+    i, h = state.i, state.step_size
     pop = Population(x, state.log_weights, state.log_z_banked)
     log_z_before = state.log_evidence
 
