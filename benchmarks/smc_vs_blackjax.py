@@ -10,6 +10,27 @@ Targets (float32, exact log Z in float64):
   ``μ_2 = −μ_1`` and ``w = (0.25, 0.75)``. Then ``Z = Σ_j w_j N(μ_j; 0, (s² + σ²) I_d)``
   ``= N(μ_1; 0, (s² + σ²) I_d)`` and the posterior mode masses are exactly ``w``.
 
+Harder targets, each with a reference log Z and posterior marginals (means, sds):
+
+* ``logistic``: Bayesian logistic regression on scikit-learn's breast cancer data, the model of
+  ``trust_models.py`` (d = 31: standardised features plus intercept, ``w ~ N(0, 1)``). log Z by
+  importance sampling (Student-t fitted to NUTS, 4e6 draws), posterior by NUTS 4 × 5000.
+* ``funnel``: Neal's funnel in d = 10, centred: ``v ~ N(0, 3²)``, ``x_i | v ~ N(0, e^v)``,
+  ``y_i ~ N(x_i, 1)`` with ``y_i = 0.5·(−1)^i``; log Z and every posterior moment are 1-D
+  integrals over v (quadrature, float64, exact). ``P(v < −2 | y) = 0.72``: the neck matters.
+* ``sv``: NumPyro's stochastic-volatility example (``sigma ~ Exponential(50)``,
+  ``s ~ GaussianRandomWalk(sigma)``, ``nu ~ Exponential(0.1)``, ``r ~ StudentT(nu, 0, e^s)``)
+  on the first T = 100 S&P 500 returns of the example's data set (``sp500_first100.json``;
+  d = 102). Posterior marginals of (ν, s_1..s_100, σ) by NUTS 4 × 4000; log Z from long SMC
+  runs of both libraries that agree with each other.
+
+The references of ``logistic`` and ``sv`` are cached in ``peer_references.json``, built by
+``peer_references.py``. On these three the default budget is issue 11's BlackJAX HMC: K = 5
+steps of L = 10 leapfrog per stage (51 gradients per stage); ours gets the same per stage.
+The posterior columns: ``post med`` / ``post max`` = median / max over runs of the worst
+marginal's ``|weighted mean − reference mean| / reference sd``; ``pooled`` = the same for the
+mean over runs; ``sd ratio`` = range over marginals of (mean weighted sd) / reference sd.
+
 Both samplers run at the same N, the same adaptive target ESS and (as near as adaptivity allows)
 the same number of gradient evaluations of the log density per particle:
 
@@ -30,8 +51,10 @@ so the reported compile time and run time are separate; seeds are ``vmap``-ed in
 Our timed program is the kernel's own ``init`` + ``sample`` loop that ``MCMC`` runs (same keys,
 checked to give the same log Z); ``MCMC.run`` itself is also timed end to end.
 
-Run: ``MPLBACKEND=Agg python benchmarks/smc_vs_blackjax.py --quick`` (a few minutes on two CPU
-cores) or without ``--quick`` for the full table.
+Run: ``MPLBACKEND=Agg python benchmarks/smc_vs_blackjax.py --quick`` (N = 256, 10 seeds;
+compilation dominates on two CPU cores) or without ``--quick`` for the full table
+(N = 1024, 20 seeds); ``--problems`` picks targets, ``--no-mcmc-run`` skips the end-to-end
+``MCMC.run`` (one compilation fewer per move).
 """
 
 import argparse
@@ -579,6 +602,8 @@ def main(argv=None):
     p.add_argument("--no-mcmc-run", action="store_true",
                    help="skip the end-to-end MCMC.run of our kernel (saves one tracing and "
                         "compilation per move); report the timed loop's log Z")
+    p.add_argument("--save", default=None,
+                   help="write every run's log Z and each method's timings here (JSON)")
     a = p.parse_args(argv)
     n = a.particles or (256 if a.quick else 1024)
     seeds = a.seeds or (10 if a.quick else 20)
@@ -682,6 +707,18 @@ def main(argv=None):
         print(f"({problem.name}: {time.perf_counter() - w_start:.0f} s wall, "
               f"{time.process_time() - c_start:.0f} s cpu for this section, compile included)")
         summary.append((problem.name, rows))
+        if a.save:
+            path = pathlib.Path(a.save)
+            saved = json.loads(path.read_text()) if path.exists() else {}
+            saved[problem.name] = {
+                "log_z_ref": problem.log_z, "N": n, "seeds": seeds, "grads_per_stage": g,
+                "leapfrog": leap, "methods": {m: {
+                    "log_z": np.asarray(res["log_z"], np.float64).tolist(),
+                    **{k: float(res[k]) for k in ("grads", "stages", "run_s", "cpu_s",
+                                                   "compile_s")},
+                    **{k: v for k, v in rows[m].items() if k != "finite"}}
+                    for m, res in results.items()}}
+            path.write_text(json.dumps(saved, indent=1))
 
     # One line per target: our RMSE over BlackJAX-HMC's (the issue's target is <= 0.7).
     print("\n## summary: log-Z RMSE ours / BlackJAX-HMC (target <= 0.7), BlackJAX-HMC RMSE")
