@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from numpyro_jarzynski.engine import kernels as K
-from numpyro_jarzynski.engine import weights as W
-from numpyro_jarzynski.engine.population import Population, maybe_resample
+from numpyro_jarzynski.engine import stage as S
+from numpyro_jarzynski.engine.population import Population
 
 
 def uses_gibbs(fn):
@@ -73,24 +73,25 @@ def anneal_from_base(key, fn, num_walkers, num_stages, step_size, num_moves=1,
     betas = jnp.linspace(0.0, 1.0, num_stages + 1, dtype=dtype)
     discrete = fn.support.is_discrete
 
-    def target(beta):
-        return lambda xi: base.log_prob(xi) + beta * fn.tempering_log_tilt(xi)
+    ones = jnp.ones(x.shape[1:], dtype)
 
     def stage(pop, inp):
-        # The engine's stage order for every kernel: book the work Δβ·tilt, resample if the
-        # ESS is low, then move at β_b (Gibbs: exact, no increment; ULA: its Crooks terms).
+        # The engine's stage (engine.stage.step) on the path base·exp(β·tilt): book the work
+        # Δβ·tilt, resample if the ESS is low, then move at β_b (Gibbs: exact, no increment;
+        # ULA: its Crooks terms, with a resampling check after each move).
         k, beta_a, beta_b = inp
-        k_res, k_move = jax.random.split(k)
         inc = (beta_b - beta_a) * fn.tempering_log_tilt(pop.x)
-        pop = pop._replace(log_weights=W.add_increment(pop.log_weights, inc))
-        pop, resampled = maybe_resample(k_res, pop, resample_threshold, resampling)
         if discrete:
-            keys = jax.random.split(k_move, num_moves)
-            x = jax.lax.fori_loop(0, num_moves, lambda i, x: fn.gibbs_sweep(keys[i], x, beta_b),
-                                  pop.x)
-            return pop._replace(x=x), resampled
-        x, inc = _ula_moves(k_move, pop.x, target(beta_b), step_size, num_moves)
-        return pop._replace(x=x, log_weights=W.add_increment(pop.log_weights, inc)), resampled
+            kernel = S.SweepMove(lambda kk, v: fn.gibbs_sweep(kk, v, beta_b))
+            target = K.Target(lambda v: jnp.zeros(v.shape[0], dtype), None, None)
+        else:
+            kernel = K.ULA()
+            target = K.density_target(
+                lambda xi: base.log_prob(xi) + beta_b * fn.tempering_log_tilt(xi))
+        pop, _, _, _, info = S.step(k, pop, None, inc, kernel, target, step_size,
+                                    lambda p: (ones, None), num_moves, resample_threshold,
+                                    resampling)
+        return pop, info.resample.resampled
 
     keys = jax.random.split(key, num_stages)
     pop, _ = jax.lax.scan(stage, pop, (keys, betas[:-1], betas[1:]))

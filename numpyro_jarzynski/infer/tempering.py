@@ -52,12 +52,12 @@ import numpy as np
 
 from numpyro_jarzynski.engine import kernels as K
 from numpyro_jarzynski.engine import moves as M
+from numpyro_jarzynski.engine import stage as S
 from numpyro_jarzynski.engine import weights as W
 from numpyro_jarzynski.engine.population import (
     Population,
     ResampleInfo,
     replace_dead,
-    resample_if,
 )
 from numpyro_jarzynski.engine.schedules import budget_pace, solve_next_beta
 
@@ -199,10 +199,7 @@ class Codec(NamedTuple):
 COLLAPSED_ANCESTORS = 10
 
 
-def _khat(log_w):
-    if log_w.shape[0] < 25:
-        return jnp.full((), jnp.nan, log_w.dtype)
-    return W.pareto_khat(log_w)
+_khat = S.khat
 
 
 def _finite(v):
@@ -318,14 +315,6 @@ def _work_cess(log_w, log_lik, beta_a):
     return lambda beta_b: W.conditional_ess(log_w, (beta_b - beta_a) * work)
 
 
-def _jump(log_weights, x, x_new, scale):
-    """``E_w‖(x' − x)/s‖²/(2d)``: one move's squared jump in units of the scale (about 1 for
-    a move that draws afresh from a Gaussian of spread ``s``)."""
-    w = jax.nn.softmax(jnp.where(jnp.isfinite(log_weights), log_weights, -jnp.inf))
-    sq = jnp.sum(jnp.square(_finite(x_new - x) / scale), axis=-1)
-    return jnp.sum(w * sq) / (2.0 * x.shape[-1])
-
-
 def _target(evaluate, beta, disc):
     """The tempered density ``γ_β`` at fixed discrete state, as a move sees it."""
     return K.Target(lambda x: evaluate(x, disc), lambda c: c.log_density(beta),
@@ -350,93 +339,36 @@ class _Moved(NamedTuple):
     num_divergent: jax.Array  # proposals that landed on a non-finite density
 
 
-def _worse(a, b):
-    """Combine two :class:`ResampleInfo`: smallest ESS before, fewest ancestors, count."""
-    return ResampleInfo(
-        jnp.minimum(a.ess_before, b.ess_before),
-        a.resampled.astype(jnp.int32) + b.resampled.astype(jnp.int32),
-        jnp.minimum(a.num_unique, b.num_unique),
-    )
-
-
-def _deaths(log_w_before, log_w_after):
-    return jnp.sum(jnp.isfinite(log_w_before) & ~jnp.isfinite(log_w_after)).astype(jnp.int32)
-
-
 def _move_stage(key, state, pop, disc, evaluate, config, kernel):
-    """Reweight by the annealing work ``(β_b − β_a)·log L`` (``β_b`` chosen on its CESS),
-    resample if the ESS is low, then ``num_moves`` moves of ``kernel`` at ``γ_b``. An
-    unadjusted kernel's Crooks increments are added to the weights, with a resampling check
-    after each move; an invariant kernel's are zero."""
-    k_res, k_move = jax.random.split(key)
+    """The engine's stage (:func:`numpyro_jarzynski.engine.stage.step`) on the tempering
+    path: reweight by the annealing work ``(β_b − β_a)·log L`` (``β_b`` chosen on its CESS),
+    resample if the ESS is low, fit the cross-fitted preconditioner, then ``num_moves`` moves
+    of ``kernel`` at ``γ_b``, each followed (or preceded) by the Gibbs update of the discrete
+    sites when the model has any."""
     beta_a, h = state.beta, state.step_size
     beta_b = _choose_beta(config, state, _work_cess(pop.log_weights, state.cache.log_lik, beta_a))
     inc = (beta_b - beta_a) * _finite(state.cache.log_lik)
-    cess = W.conditional_ess(pop.log_weights, inc)
-    new_w = W.add_increment(pop.log_weights, inc)
-    dead = _deaths(pop.log_weights, new_w)
-    pop = pop._replace(log_weights=new_w)
-    khat_before = _khat(new_w)
-    pop, cache, disc, res = resample_if(
-        k_res, pop, config.resample_threshold, config.resampling, state.cache, disc
-    )
-    res = res._replace(resampled=res.resampled.astype(jnp.int32))
-    scale, pooled = crossfit_scale(pop, state.scale)
-    one = jnp.ones((), cess.dtype)
     gibbs = config.discrete_move
-    if pop.x.shape[-1] == 0 and gibbs is None:  # nothing to move
-        return _Moved(pop, cache, disc, beta_b, cess, one, 0.0 * one, one, res, khat_before,
-                      dead, one, jnp.zeros((), jnp.int32)), pooled
+    hook = None
+    if gibbs is not None:
+        def hook(k, pop, cache, disc):
+            # Exact Gibbs at β_b leaves ρ_β invariant: no weight increment. The densities
+            # and gradients depend on the discrete state, so the cache is evaluated afresh.
+            disc = gibbs(k, beta_b, pop.x, disc)
+            cache = evaluate(pop.x, disc)
+            new_w = jnp.where(jnp.isfinite(cache.log_density(beta_b)), pop.log_weights,
+                              -jnp.inf)
+            return pop._replace(log_weights=new_w), cache, disc, S.deaths(pop.log_weights, new_w)
 
-    def discrete(k, pop, cache, disc, dead):
-        # Exact Gibbs at β_b leaves ρ_β invariant: no weight increment. The densities and
-        # gradients depend on the discrete state, so the cache is evaluated afresh.
-        disc = gibbs(k, beta_b, pop.x, disc)
-        cache = evaluate(pop.x, disc)
-        new_w = jnp.where(jnp.isfinite(cache.log_density(beta_b)), pop.log_weights, -jnp.inf)
-        dead = dead + _deaths(pop.log_weights, new_w)
-        return pop._replace(log_weights=new_w), cache, disc, dead
-
-    def body(carry, k):
-        if gibbs is None:
-            k_move, k_res = jax.random.split(k)
-        else:
-            k_move, k_res, k_disc = jax.random.split(k, 3)
-        pop, cache, disc, res, dead = carry
-        if gibbs is not None and config.discrete_first:
-            pop, cache, disc, dead = discrete(k_disc, pop, cache, disc, dead)
-        if pop.x.shape[-1] == 0:  # purely discrete model: only the Gibbs sweeps move
-            if not config.discrete_first:
-                pop, cache, disc, dead = discrete(k_disc, pop, cache, disc, dead)
-            # (no continuous jump to measure: recorded as a full renewal, 1 per stage)
-            return (pop, cache, disc, res, dead), (one, one, one / config.num_moves,
-                                                   jnp.zeros((), jnp.int32))
-        out = kernel.step(k_move, pop.x, cache, _target(evaluate, beta_b, disc), h, scale)
-        jump = _jump(pop.log_weights, pop.x, out.x, scale)
-        move_cess = one
-        if not kernel.invariant:
-            move_cess = W.conditional_ess(pop.log_weights, out.log_increment)
-            new_w = W.add_increment(pop.log_weights, out.log_increment)
-            dead = dead + _deaths(pop.log_weights, new_w)
-            pop = pop._replace(x=out.x, log_weights=new_w)
-            pop, cache, disc, r = resample_if(
-                k_res, pop, config.resample_threshold, config.resampling, out.cache, disc
-            )
-            res = _worse(res, r)
-        else:
-            pop, cache = pop._replace(x=out.x), out.cache
-        if gibbs is not None and not config.discrete_first:
-            pop, cache, disc, dead = discrete(k_disc, pop, cache, disc, dead)
-        div = jnp.sum(out.diverged).astype(jnp.int32)
-        return (pop, cache, disc, res, dead), (move_cess, jnp.mean(out.acceptance), jump, div)
-
-    (pop, cache, disc, res, dead), (move_cess, acc, jumps, divs) = jax.lax.scan(
-        body, (pop, cache, disc, res, dead), jax.random.split(k_move, config.num_moves)
+    continuous = kernel if pop.x.shape[-1] > 0 else None
+    pop, cache, disc, pooled, info = S.step(
+        key, pop, state.cache, inc, continuous, lambda d: _target(evaluate, beta_b, d), h,
+        lambda p: crossfit_scale(p, state.scale), config.num_moves, config.resample_threshold,
+        config.resampling, extra=disc, hook=hook, hook_first=config.discrete_first,
     )
-    # The step rule of an unadjusted kernel reads the stage's Crooks noise at fixed β_b.
-    noise = -jnp.sum(jnp.log(jnp.clip(move_cess, 1e-30, 1.0)))
-    return _Moved(pop, cache, disc, beta_b, cess, jnp.min(move_cess), noise, jnp.mean(acc), res,
-                  khat_before, dead, jnp.sum(jumps), jnp.sum(divs)), pooled
+    return _Moved(pop, cache, disc, beta_b, info.cess, info.move_cess, info.noise,
+                  info.acceptance, info.resample, info.khat_before, info.num_dead, info.jump,
+                  info.num_divergent), pooled
 
 
 def _noise_step_rule(h, noise, target, max_step, exponent):

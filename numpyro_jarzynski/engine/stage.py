@@ -1,0 +1,206 @@
+r"""One stage of a weighted population along a path of targets, for every front-end.
+
+A stage takes walkers that are properly weighted for ``γ_a`` to walkers properly weighted for
+``γ_b``:
+
+1. **reweight** by the stage's increment ``ΔA(x) = log γ_b(x) − log γ_a(x)`` (the annealing
+   work of a tempering step, ``Δβ · tilt`` of a tempered site, …);
+2. **resample** if the normalised ESS is below ``threshold``;
+3. fit the preconditioner on the resampled population (``scale_fn``);
+4. **move** ``num_moves`` times with a kernel at ``γ_b`` (a move value from
+   :mod:`numpyro_jarzynski.engine.kernels`). An unadjusted kernel's Crooks increment goes into
+   the weights, with a resampling check after each move; an invariant kernel adds nothing. An
+   optional ``hook`` runs after (or before) every move: the Gibbs update of the discrete sites
+   of a mixed model, which is exact for ``γ_b`` and adds nothing either.
+
+Everything the stage saw is returned in a :class:`StageInfo` (recorded, never raised: the
+caller reports from Python after the compiled run). ``JarzynskiSMC``'s tempering stage and the
+EBM annealer (:func:`numpyro_jarzynski.ebm.walkers.anneal_from_base`) are this function with
+their own path; :func:`move` alone (the moves with their increments) is also what the EBM
+trainer runs between two parameter values.
+"""
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from numpyro_jarzynski.engine import kernels as K
+from numpyro_jarzynski.engine import weights as W
+from numpyro_jarzynski.engine.population import ResampleInfo, resample_if
+
+# Fewer particles than this: the Pareto k-hat of the weights is not computed (NaN).
+KHAT_MIN_PARTICLES = 25
+
+
+class MoveInfo(NamedTuple):
+    """What a block of moves saw: the smallest conditional ESS of the moves' own increments
+    (1 for invariant moves), ``noise = −Σ log CESS`` over the moves, the mean acceptance, the
+    worst resampling check between moves, the walkers killed, the squared jump
+    ``Σ_moves E_w‖(x' − x)/s‖²/(2d)`` and the number of divergent proposals."""
+
+    move_cess: jax.Array
+    noise: jax.Array
+    acceptance: jax.Array
+    resample: ResampleInfo
+    num_dead: jax.Array
+    jump: jax.Array
+    num_divergent: jax.Array
+
+
+class StageInfo(NamedTuple):
+    """:class:`MoveInfo` plus the stage increment's conditional ESS (``cess``) and the
+    k-hat of the weights right after it (``khat_before``, before any resampling)."""
+
+    cess: jax.Array
+    khat_before: jax.Array
+    move_cess: jax.Array
+    noise: jax.Array
+    acceptance: jax.Array
+    resample: ResampleInfo
+    num_dead: jax.Array
+    jump: jax.Array
+    num_divergent: jax.Array
+
+
+class SweepMove(NamedTuple):
+    """An exact sweep ``sweep(key, x) -> x'`` (e.g. a lattice's checkerboard Gibbs sweep at the
+    stage's β) as a move value: invariant, so it adds no increment."""
+
+    sweep: Any
+
+    invariant = True
+    name = "sweep"
+
+    def step(self, key, x, cache, target, step_size, scale):
+        x_new = self.sweep(key, x)
+        n = x.shape[0]
+        dtype = jnp.result_type(float)
+        return K.MoveResult(x_new, target.evaluate(x_new), jnp.zeros(n, dtype),
+                            jnp.ones(n, dtype), jnp.zeros(n, bool))
+
+
+def khat(log_w):
+    """Pareto k-hat of the weights; NaN below :data:`KHAT_MIN_PARTICLES` particles."""
+    if log_w.shape[0] < KHAT_MIN_PARTICLES:
+        return jnp.full((), jnp.nan, log_w.dtype)
+    return W.pareto_khat(log_w)
+
+
+def deaths(log_w_before, log_w_after):
+    """Walkers alive before and dead (``−inf``) after."""
+    return jnp.sum(jnp.isfinite(log_w_before) & ~jnp.isfinite(log_w_after)).astype(jnp.int32)
+
+
+def worse(a, b):
+    """Combine two :class:`ResampleInfo`: smallest ESS before, fewest ancestors, count."""
+    return ResampleInfo(
+        jnp.minimum(a.ess_before, b.ess_before),
+        a.resampled.astype(jnp.int32) + b.resampled.astype(jnp.int32),
+        jnp.minimum(a.num_unique, b.num_unique),
+    )
+
+
+def reweight(pop, increment):
+    """Add ``ΔA`` to the log-weights: ``(population, CESS of ΔA, walkers killed)``."""
+    cess = W.conditional_ess(pop.log_weights, increment)
+    new_w = W.add_increment(pop.log_weights, increment)
+    return pop._replace(log_weights=new_w), cess, deaths(pop.log_weights, new_w)
+
+
+def jump(log_weights, x, x_new, scale):
+    """``E_w‖(x' − x)/s‖²/(2d)``: one move's squared jump in units of the scale (about 1 for
+    a move that draws afresh from a Gaussian of spread ``s``)."""
+    w = jax.nn.softmax(jnp.where(jnp.isfinite(log_weights), log_weights, -jnp.inf))
+    step = x_new - x
+    sq = jnp.square(jnp.where(jnp.isfinite(step), step, 0.0) / scale)
+    sq = jnp.sum(sq.reshape(sq.shape[0], -1), axis=-1)
+    return jnp.sum(w * sq) / (2.0 * max(math.prod(x.shape[1:]), 1))
+
+
+def move(key, pop, cache, kernel, target, step_size, scale, num_moves, threshold,
+         scheme="systematic", extra=None, hook=None, hook_first=False):
+    """``num_moves`` moves of ``kernel`` at ``target`` (a :class:`~.kernels.Target`, or a
+    function ``extra -> Target`` when the target depends on the carried ``extra``).
+
+    ``extra``: a per-particle tree carried with the walkers through resampling (the discrete
+    sites of a mixed model). ``hook(key, pop, cache, extra) -> (pop, cache, extra, dead)``
+    runs after every move (before it with ``hook_first``); it must leave the target invariant.
+    ``kernel=None`` runs only the hook (a model with nothing continuous to move). A
+    ``threshold`` of ``None`` never resamples between moves.
+
+    Returns ``(pop, cache, extra, MoveInfo)``.
+    """
+    target_of = target if callable(target) and not isinstance(target, K.Target) else (
+        lambda _: target)
+    one = jnp.ones((), pop.log_weights.dtype)
+    zero_i = jnp.zeros((), jnp.int32)
+    n = pop.log_weights.shape[0]
+    no_res = ResampleInfo(W.ess(pop.log_weights), zero_i, jnp.asarray(n, jnp.int32))
+
+    def body(carry, k):
+        pop, cache, extra, res, dead = carry
+        k_move, k_res, k_hook = jax.random.split(k, 3)
+        if hook is not None and hook_first:
+            pop, cache, extra, d = hook(k_hook, pop, cache, extra)
+            dead = dead + d
+        if kernel is None:
+            if hook is not None and not hook_first:
+                pop, cache, extra, d = hook(k_hook, pop, cache, extra)
+                dead = dead + d
+            # Nothing continuous to measure: recorded as a full renewal (1 per stage).
+            return (pop, cache, extra, res, dead), (one, one, one / num_moves, zero_i)
+        out = kernel.step(k_move, pop.x, cache, target_of(extra), step_size, scale)
+        moved = jump(pop.log_weights, pop.x, out.x, scale)
+        move_cess = one
+        if kernel.invariant:
+            pop, cache = pop._replace(x=out.x), out.cache
+        else:
+            pop, move_cess, d = reweight(pop._replace(x=out.x), out.log_increment)
+            dead, cache = dead + d, out.cache
+            if threshold is not None:
+                pop, cache, extra, r = resample_if(k_res, pop, threshold, scheme, cache, extra)
+                res = worse(res, r)
+        if hook is not None and not hook_first:
+            pop, cache, extra, d = hook(k_hook, pop, cache, extra)
+            dead = dead + d
+        div = jnp.sum(out.diverged).astype(jnp.int32)
+        return (pop, cache, extra, res, dead), (move_cess, jnp.mean(out.acceptance), moved, div)
+
+    (pop, cache, extra, res, dead), (move_cess, acc, jumps, divs) = jax.lax.scan(
+        body, (pop, cache, extra, no_res, zero_i), jax.random.split(key, num_moves)
+    )
+    noise = -jnp.sum(jnp.log(jnp.clip(move_cess, 1e-30, 1.0)))
+    return pop, cache, extra, MoveInfo(jnp.min(move_cess), noise, jnp.mean(acc), res, dead,
+                                       jnp.sum(jumps), jnp.sum(divs))
+
+
+def step(key, pop, cache, increment, kernel, target, step_size, scale_fn, num_moves,
+         threshold, scheme="systematic", extra=None, hook=None, hook_first=False):
+    """One stage: reweight by ``increment`` (per walker), resample if the ESS is below
+    ``threshold``, fit the preconditioner (``scale_fn(pop) -> (scale, aux)``) and apply
+    :func:`move`. ``cache=None``: evaluate the target on the resampled walkers.
+
+    Returns ``(pop, cache, extra, aux, StageInfo)``.
+    """
+    k_res, k_move = jax.random.split(key)
+    pop, cess, dead = reweight(pop, increment)
+    khat_before = khat(pop.log_weights)
+    pop, cache, extra, res = resample_if(k_res, pop, threshold, scheme, cache, extra)
+    res = res._replace(resampled=res.resampled.astype(jnp.int32))
+    if cache is None and kernel is not None:
+        target_now = target(extra) if callable(target) and not isinstance(target, K.Target) \
+            else target
+        cache = target_now.evaluate(pop.x)
+    scale, aux = scale_fn(pop)
+    pop, cache, extra, info = move(k_move, pop, cache, kernel, target, step_size, scale,
+                                   num_moves, threshold, scheme, extra, hook, hook_first)
+    return pop, cache, extra, aux, StageInfo(
+        cess, khat_before, info.move_cess, info.noise, info.acceptance,
+        worse(res, info.resample), dead + info.num_dead, info.jump, info.num_divergent,
+    )
+
+
+__all__ = ["MoveInfo", "StageInfo", "SweepMove", "deaths", "jump", "khat", "move", "reweight",
+           "step", "worse"]
