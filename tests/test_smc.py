@@ -296,3 +296,21 @@ def test_ula_evidence_is_not_biased_by_its_preconditioner():
     se, var = err.std(ddof=1) / 4, err.var(ddof=1)
     assert err.mean() < 4 * se, err
     assert err.mean() > -(4 * se + var / 2 + 0.05), err
+
+
+def test_waste_free_is_exact_and_checks_its_chain_length(data):
+    """Waste-free SMC (resample N/(m+1), keep every state of m-move chains): the log
+    evidence and the posterior mean stay exact within their Monte Carlo error."""
+    log_z, post_mean, _ = conjugate_truth(data)
+    mcmc = run_smc(JarzynskiSMC(conjugate_model, num_particles=1000, num_moves=4,
+                                waste_free=True), data, warmup=30)
+    est = np.asarray(mcmc.last_state.log_evidence, np.float64)
+    se = est.std(ddof=1) / np.sqrt(RUNS)
+    assert abs(est.mean() - log_z) < 4 * se + 0.02, (est, log_z, se)
+    assert np.all(np.asarray(mcmc.last_state.history.resampled)[:, :29] == 1)  # every stage
+    mean, _ = weighted_moments(mcmc, "z")
+    assert np.abs(mean.mean(0) - post_mean).max() < 4 * mean.std(0).max() / np.sqrt(RUNS) + 0.01
+    with pytest.raises(ValueError, match="multiple of 5"):
+        JarzynskiSMC(conjugate_model, num_particles=1001, num_moves=4, waste_free=True)
+    with pytest.raises(ValueError, match="not available with move='auto'"):
+        JarzynskiSMC(conjugate_model, num_particles=999, move="auto", waste_free=True)

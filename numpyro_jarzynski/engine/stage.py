@@ -28,7 +28,14 @@ import jax.numpy as jnp
 
 from numpyro_jarzynski.engine import kernels as K
 from numpyro_jarzynski.engine import weights as W
-from numpyro_jarzynski.engine.population import ResampleInfo, resample_if
+from numpyro_jarzynski.engine.population import (
+    Population,
+    ResampleInfo,
+    num_unique_sorted,
+    resample_if,
+    take,
+)
+from numpyro_jarzynski.engine.resampling import get_scheme
 
 # Fewer particles than this: the Pareto k-hat of the weights is not computed (NaN).
 KHAT_MIN_PARTICLES = 25
@@ -202,5 +209,75 @@ def step(key, pop, cache, increment, kernel, target, step_size, scale_fn, num_mo
     )
 
 
+def step_waste_free(key, pop, cache, increment, kernel, target, step_size, scale_fn,
+                    chain_length, scheme="systematic", extra=None, hook=None,
+                    hook_first=False):
+    """Waste-free stage (Dau & Chopin 2022): reweight by ``increment``, resample
+    ``M = N / chain_length`` ancestors, run a chain of ``chain_length − 1`` moves from each and
+    keep *every* state, so the next population is again ``N`` walkers.
+
+    With an invariant kernel every kept state is a draw from ``γ_b`` given its ancestor and all
+    weights are equal. With an unadjusted kernel the state after ``t`` moves carries the sum of
+    its chain's first ``t`` Crooks increments: each state is a Jarzynski walker with ``t``
+    moves, properly weighted for ``γ_b``, so the pooled states estimate ``Z_b/Z_a`` as the
+    walkers of an ordinary stage do. No resampling happens inside a chain.
+
+    Returns ``(pop, cache, extra, aux, StageInfo)`` as :func:`step`.
+    """
+    n = pop.log_weights.shape[0]
+    m = n // chain_length
+    k_res, k_move = jax.random.split(key)
+    pop, cess, dead = reweight(pop, increment)
+    khat_before = khat(pop.log_weights)
+    ess_before = W.ess(pop.log_weights)
+    # M ancestors: the same scheme, asked for M indices.
+    idx = jnp.sort(get_scheme(scheme)(k_res, pop.log_weights, m))
+    start = Population(take(pop.x, idx), jnp.zeros(m, pop.log_weights.dtype),
+                       pop.log_z_banked + W.log_mean_exp(pop.log_weights))
+    cache, extra = take(cache, idx), take(extra, idx)
+    res = ResampleInfo(ess_before, jnp.ones((), jnp.int32), num_unique_sorted(idx))
+    scale, aux = scale_fn(start)
+    target_of = target if callable(target) and not isinstance(target, K.Target) else (
+        lambda _: target)
+    one = jnp.ones((), pop.log_weights.dtype)
+
+    def body(carry, k):
+        p, c, e, d = carry
+        k_move, k_hook = jax.random.split(k)
+        if hook is not None and hook_first:
+            p, c, e, dd = hook(k_hook, p, c, e)
+            d = d + dd
+        out = kernel.step(k_move, p.x, c, target_of(e), step_size, scale)
+        moved = jump(p.log_weights, p.x, out.x, scale)
+        move_cess = one
+        if kernel.invariant:
+            p, c = p._replace(x=out.x), out.cache
+        else:
+            p, move_cess, dd = reweight(p._replace(x=out.x), out.log_increment)
+            d, c = d + dd, out.cache
+        if hook is not None and not hook_first:
+            p, c, e, dd = hook(k_hook, p, c, e)
+            d = d + dd
+        div = jnp.sum(out.diverged).astype(jnp.int32)
+        return (p, c, e, d), ((p.x, p.log_weights, c, e),
+                              (move_cess, jnp.mean(out.acceptance), moved, div))
+
+    (_, _, _, dead_moves), (kept, (move_cess, acc, jumps, divs)) = jax.lax.scan(
+        body, (start, cache, extra, jnp.zeros((), jnp.int32)),
+        jax.random.split(k_move, chain_length - 1))
+    first = (start.x, start.log_weights, cache, extra)
+    # (chain_length, M, ...) -> (N, ...): the start states, then every state of every chain.
+    x, log_w, cache, extra = jax.tree.map(
+        lambda a, b: jnp.concatenate([a[None], b]).reshape((n,) + a.shape[1:]), first, kept)
+    pop = Population(x, log_w, start.log_z_banked)
+    noise = -jnp.sum(jnp.log(jnp.clip(move_cess, 1e-30, 1.0)))
+    return pop, cache, extra, aux, StageInfo(
+        cess, khat_before, jnp.min(move_cess), noise, jnp.mean(acc), res, dead + dead_moves,
+        # The kept states are 0 .. L−1 moves from their ancestor: on average half the
+        # chain's summed squared jump away from it.
+        0.5 * jnp.sum(jumps), jnp.sum(divs),
+    )
+
+
 __all__ = ["MoveInfo", "StageInfo", "SweepMove", "deaths", "jump", "khat", "move", "reweight",
-           "step", "worse"]
+           "step", "step_waste_free", "worse"]

@@ -97,6 +97,10 @@ class JarzynskiSMC(MCMCKernel):
     :param int num_moves: moves per stage.
     :param schedule: ``"adaptive"`` (bisection on the conditional ESS), ``"linear"``,
         ``"geometric"``, or an array with one β per warmup stage ending at 1.
+    :param bool waste_free: waste-free SMC (Dau & Chopin 2022): every stage resamples
+        ``M = N / (num_moves + 1)`` ancestors and keeps every state of the ``num_moves``-move
+        chain run from each (``num_particles`` must be a multiple of ``num_moves + 1``).
+        Unadjusted moves keep their Crooks increments along each chain.
     :param float target_ess: conditional ESS per stage targeted by the adaptive schedule.
     :param float min_increment: smallest β step of the adaptive schedule (stall guard).
     :param float resample_threshold: resample when the normalised ESS is below this.
@@ -140,6 +144,7 @@ class JarzynskiSMC(MCMCKernel):
         prior_factors=(),
         num_sweeps=None,
         scan=None,
+        waste_free=False,
     ):
         if model is None or not callable(model):
             raise ValueError("JarzynskiSMC needs a NumPyro model (a callable).")
@@ -159,6 +164,19 @@ class JarzynskiSMC(MCMCKernel):
                 stacklevel=2,
             )
         num_moves = _check_count("num_moves", num_moves, 1)
+        self.waste_free = bool(waste_free)
+        if self.waste_free:
+            chain = num_moves + 1
+            if num_particles % chain or num_particles // chain < 2:
+                raise ValueError(
+                    f"waste_free=True keeps every state of chains of num_moves + 1 = {chain} "
+                    f"states, so num_particles must be a multiple of {chain} with at least two "
+                    f"chains; got num_particles={num_particles}. Use e.g. num_particles="
+                    f"{max(2, round(num_particles / chain)) * chain}."
+                )
+            if isinstance(move, Auto):
+                raise ValueError("waste_free=True is not available with move='auto' yet; "
+                                 "pick one move.")
         target_ess = _check_open_unit("target_ess", target_ess)
         if target_ess < MIN_TARGET_ESS:
             raise ValueError(
@@ -286,6 +304,7 @@ class JarzynskiSMC(MCMCKernel):
             adapt_step_size=self.adapt_step_size,
             target_accept=self.target_accept,
             discrete_move=None,
+            waste_free=self.waste_free,
         )
 
     def _default_step_size(self, dim, move=None):
@@ -312,6 +331,11 @@ class JarzynskiSMC(MCMCKernel):
             raise ValueError(
                 "move lists Gibbs(), but the model has no discrete latent sites for it to "
                 "update. Drop Gibbs() from move."
+            )
+        if self.waste_free and not self._spec.continuous:
+            raise ValueError(
+                "waste_free=True runs chains of the continuous move, but the model has no "
+                "continuous latent sites. Use waste_free=False."
             )
         if self._continuous_move is None and self._spec.continuous:
             raise ValueError(

@@ -185,6 +185,7 @@ class TemperingConfig:
     target_accept: float = 0.65
     discrete_move: Callable | None = None  # (key, beta, x, disc) -> disc, after each move
     discrete_first: bool = False  # the Gibbs update before the continuous move, not after
+    waste_free: bool = False  # resample N/(num_moves+1) and keep every state of their chains
 
 
 class Codec(NamedTuple):
@@ -361,11 +362,19 @@ def _move_stage(key, state, pop, disc, evaluate, config, kernel):
             return pop._replace(log_weights=new_w), cache, disc, S.deaths(pop.log_weights, new_w)
 
     continuous = kernel if pop.x.shape[-1] > 0 else None
-    pop, cache, disc, pooled, info = S.step(
-        key, pop, state.cache, inc, continuous, lambda d: _target(evaluate, beta_b, d), h,
-        lambda p: crossfit_scale(p, state.scale), config.num_moves, config.resample_threshold,
-        config.resampling, extra=disc, hook=hook, hook_first=config.discrete_first,
-    )
+    target = lambda d: _target(evaluate, beta_b, d)
+    scale_fn = lambda p: crossfit_scale(p, state.scale)
+    if config.waste_free:
+        pop, cache, disc, pooled, info = S.step_waste_free(
+            key, pop, state.cache, inc, continuous, target, h, scale_fn, config.num_moves + 1,
+            config.resampling, extra=disc, hook=hook, hook_first=config.discrete_first,
+        )
+    else:
+        pop, cache, disc, pooled, info = S.step(
+            key, pop, state.cache, inc, continuous, target, h, scale_fn, config.num_moves,
+            config.resample_threshold, config.resampling, extra=disc, hook=hook,
+            hook_first=config.discrete_first,
+        )
     return _Moved(pop, cache, disc, beta_b, info.cess, info.move_cess, info.noise,
                   info.acceptance, info.resample, info.khat_before, info.num_dead, info.jump,
                   info.num_divergent), pooled
