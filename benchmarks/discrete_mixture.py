@@ -297,7 +297,8 @@ def toy(configs, num_seeds, num_warmup, num_moves, num_particles=1000):
         st = r.pop("state")
         lz = np.asarray(st.log_evidence)
         w = np.asarray(jax_softmax(st.log_weights))
-        pb, pc = np.asarray(st.z["p_B"]), np.asarray(st.z["p_C"])
+        # state.z holds unconstrained values: logit for the Beta sites.
+        pb, pc = (1 / (1 + np.exp(-np.asarray(st.z[s], np.float64))) for s in ("p_B", "p_C"))
         mode = pc[..., 0] > pc[..., 1]
         pb_f = np.where(mode[..., None], pb, 1 - pb)
         pc_f = np.where(mode[..., None], pc, pc[..., ::-1])
