@@ -142,3 +142,17 @@ def test_pareto_khat_ranges():
     assert float(W.pareto_khat(light)) < 0.5
     assert float(W.pareto_khat(heavy)) > 0.7
     assert np.isneginf(float(W.pareto_khat(jnp.zeros(n))))
+
+
+def test_a_negligible_weight_is_dead_and_cannot_be_resurrected():
+    """A weight e^-1000 below the heaviest is exactly zero in any float; the particle dies so
+    that a later huge increment (float32 cancellation: −1e19 then +1e19) cannot revive it
+    with a meaningless weight. Weights within 1000 nats are untouched."""
+    lw = jnp.zeros(3, jnp.float32)
+    lw = W.add_increment(lw, jnp.array([0.0, -999.0, -1e19], jnp.float32))
+    np.testing.assert_array_equal(np.asarray(lw), [0.0, -999.0, -np.inf])
+    lw = W.add_increment(lw, jnp.array([0.0, 0.0, 1e19], jnp.float32))
+    np.testing.assert_array_equal(np.asarray(lw), [0.0, -999.0, -np.inf])
+    # Relative to the heaviest: a population far below 0 as a whole keeps all its weights.
+    lw = W.add_increment(jnp.full(2, -5e4, jnp.float32), jnp.array([0.0, -10.0], jnp.float32))
+    assert np.all(np.isfinite(np.asarray(lw)))

@@ -24,10 +24,24 @@ def sanitize(log_w):
     return jnp.where(jnp.isnan(log_w) | (log_w == jnp.inf), -jnp.inf, log_w)
 
 
+# A log-weight this far below the largest carries exactly zero weight in any float format
+# (exp(−1000) underflows even in float64), so dropping it changes no estimate.
+NEGLIGIBLE_LOG_WEIGHT = 1000.0
+
+
 def add_increment(log_w, increment):
-    """``A + ΔA`` with failed increments (NaN, ±inf) giving a dead particle, never NaN."""
+    """``A + ΔA`` with failed increments (NaN, ±inf) giving a dead particle, never NaN.
+
+    A particle left more than :data:`NEGLIGIBLE_LOG_WEIGHT` nats below the heaviest one is
+    dead too. Its weight is exactly zero in floating point anyway, but its log-weight is not:
+    an unadjusted move to where the gradient is astronomically large adds an increment of
+    ``−10¹⁹``, and the move back adds ``+10¹⁹``; their float32 sum is off by ``~10¹²``, which
+    would resurrect the particle with a meaningless weight (and a log evidence of ``+10⁹``).
+    """
     new = log_w + jnp.where(jnp.isfinite(increment), increment, -jnp.inf)
-    return jnp.where(jnp.isfinite(log_w), new, -jnp.inf)
+    new = jnp.where(jnp.isfinite(log_w), new, -jnp.inf)
+    top = jnp.max(new)
+    return jnp.where(jnp.isfinite(top) & (new < top - NEGLIGIBLE_LOG_WEIGHT), -jnp.inf, new)
 
 
 def shifted(log_w):

@@ -263,7 +263,8 @@ def messages(h):
         )
     if h.num_dead and not h.failed:
         out.append(
-            f"In chain {c}, {h.num_dead} particle(s) died (density NaN or infinite), first "
+            f"In chain {c}, {h.num_dead} particle(s) died (density NaN or infinite, or a weight "
+            f"below e^-1000 of the largest), first "
             + (f"at {_where(h, h.first_dead_stage)}" if h.first_dead_stage >= 0
                else "among the initial (prior) draws")
             + (". The unadjusted moves were unstable in this run, so these are most "
