@@ -30,12 +30,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import logsumexp
 from numpyro.infer import MCMC, NUTS
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-import smc_vs_blackjax as B  # noqa: E402
-from numpyro_jarzynski import HMC, JarzynskiSMC  # noqa: E402
+import smc_vs_blackjax as B
+
+from numpyro_jarzynski import HMC, JarzynskiSMC
 
 
 def save(key, value):

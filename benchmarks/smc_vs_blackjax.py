@@ -231,7 +231,7 @@ def funnel_reference(y=FUNNEL_Y, v_scale=3.0):
     lo, hi = -12 * v_scale, 12 * v_scale
 
     def integral(f):
-        val, err = integrate.quad(lambda v: f(v) * np.exp(log_joint(v) - shift), lo, hi,
+        val, _err = integrate.quad(lambda v: f(v) * np.exp(log_joint(v) - shift), lo, hi,
                                   points=[-10, -5, -2, 0, 2], epsabs=0, epsrel=1e-13, limit=500)
         return val
 

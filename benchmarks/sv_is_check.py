@@ -13,8 +13,8 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-import peer_references as PR  # noqa: E402
-import smc_vs_blackjax as B  # noqa: E402
+import peer_references as PR
+import smc_vs_blackjax as B
 
 if __name__ == "__main__":
     num = int(sys.argv[1]) if len(sys.argv) > 1 else 4_000_000

@@ -204,7 +204,8 @@ def stage_dataset(mcmc):
         "move_cess": "smallest conditional ESS of the moves' own Crooks increments (1: MH)",
         "pareto_khat_before_resampling": "PSIS k-hat of the weights after the annealing "
         "increment, before resampling",
-        "num_dead": "particles that died in the stage (density NaN or infinite)",
+        "num_dead": "particles that died in the stage (density NaN or infinite, or a weight "
+                    "below e^-1000 of the largest)",
         "resampled": "number of resamplings in the stage",
         "jump": "squared jump of the stage's moves, in units of the preconditioner's scale "
         "(about 1 per move for a fresh draw)",

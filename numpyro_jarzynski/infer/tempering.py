@@ -89,7 +89,8 @@ class StageHistory(NamedTuple):
     ``move_cess``: smallest conditional ESS of the moves' own Crooks increments (1 for
     Metropolis-adjusted moves); ``resampled``: number of resamplings in the stage;
     ``pareto_khat_before_resampling``: k-hat of the weights before resampling;
-    ``num_dead``: particles that died in the stage (density NaN or infinite); ``jump``: how far
+    ``num_dead``: particles that died in the stage (density NaN or infinite, or a
+    weight below e^-1000 of the largest); ``jump``: how far
     the stage's moves carried the particles, ``Σ_moves E_w‖(x' − x)/s‖²/(2d)`` in units of the
     preconditioner's scale ``s`` (about 1 per move for a kernel that renews the population,
     near 0 when the moves barely move it; 1 for a model with no continuous sites);
