@@ -388,7 +388,9 @@ class EBMTrainer:
                 )
             alive = jnp.isfinite(pop.log_weights)
             pop = Population(x, W.add_increment(pop.log_weights, inc), pop.log_z_banked)
-            dead = jnp.sum(alive & ~jnp.isfinite(pop.log_weights)).astype(jnp.int32)
+            # Deaths from a non-finite increment (NaN/inf energy, a diverging move); walkers
+            # dropped for a weight below e^-1000 of the heaviest are the ESS collapse's story.
+            dead = jnp.sum(alive & ~jnp.isfinite(inc)).astype(jnp.int32)
             bad_walkers = ~jnp.any(jnp.isfinite(pop.log_weights))
             ess = W.ess(pop.log_weights)
             pop, resampled = maybe_resample(k_res, pop, self.resample_threshold, self.resampling)
