@@ -135,19 +135,13 @@ class IsingLattice(dist.Distribution):
         """One exact checkerboard sweep of ``∝ exp(β·tilt)``: even colour, then odd colour."""
         k = jnp.asarray(self.coupling)[..., None, None]
         h = jnp.asarray(self.field)[..., None, None]
-        n, m = self.lattice_shape
-        even = (jnp.arange(n)[:, None] + jnp.arange(m)[None, :]) % 2 == 0
 
-        def half(s, colour_and_key):
-            colour, key = colour_and_key
-            local = beta * (k * neighbour_sum(s) + h)
-            up = jax.random.uniform(key, s.shape) < jax.nn.sigmoid(2.0 * local)
-            mask = jnp.where(colour == 0, even, ~even)
-            return jnp.where(mask, jnp.where(up, 1.0, -1.0).astype(s.dtype), s), None
+        def draw(key, s):
+            up = jax.random.uniform(key, s.shape) < jax.nn.sigmoid(
+                2.0 * beta * (k * neighbour_sum(s) + h))
+            return jnp.where(up, 1.0, -1.0)
 
-        keys = jax.random.split(rng_key, 2)
-        value, _ = jax.lax.scan(half, value, (jnp.arange(2), keys))
-        return value
+        return _checkerboard_sweep(rng_key, value, self.lattice_shape, draw)
 
     # -------------------------------------------------------- Distribution API
     def sample(self, key, sample_shape=()):
@@ -177,6 +171,23 @@ def neighbour_state_counts(s, num_states):
         jnp.roll(onehot, 1, -3) + jnp.roll(onehot, -1, -3)
         + jnp.roll(onehot, 1, -2) + jnp.roll(onehot, -1, -2)
     )
+
+
+def _checkerboard_sweep(rng_key, value, lattice_shape, draw):
+    """One exact two-colour sweep: ``draw(key, s)`` gives every site a fresh value from its
+    conditional given its neighbours in ``s``; the even colour is updated, then the odd one
+    (on a periodic lattice with even sides the sites of one colour are independent given the
+    other colour)."""
+    n, m = lattice_shape
+    even = (jnp.arange(n)[:, None] + jnp.arange(m)[None, :]) % 2 == 0
+
+    def half(s, colour_and_key):
+        colour, key = colour_and_key
+        mask = jnp.where(colour == 0, even, ~even)
+        return jnp.where(mask, draw(key, s).astype(s.dtype), s), None
+
+    value, _ = jax.lax.scan(half, value, (jnp.arange(2), jax.random.split(rng_key, 2)))
+    return value
 
 
 def _check_lattice_shape(name, shape):
@@ -302,20 +313,13 @@ class PottsLattice(dist.Distribution):
         """One exact checkerboard sweep of ``∝ exp(β·tilt)``: even colour, then odd colour."""
         k = jnp.asarray(self.coupling)[..., None, None, None]
         h = jnp.asarray(self.field)[..., None, None, :]
-        n, m = self.lattice_shape
         q = self.num_states
-        even = (jnp.arange(n)[:, None] + jnp.arange(m)[None, :]) % 2 == 0
 
-        def half(s, colour_and_key):
-            colour, key = colour_and_key
+        def draw(key, s):
             logits = beta * (k * neighbour_state_counts(s, q) + h)  # (..., n, m, q)
-            draw = jax.random.categorical(key, logits, axis=-1)
-            mask = jnp.where(colour == 0, even, ~even)
-            return jnp.where(mask, draw.astype(s.dtype), s), None
+            return jax.random.categorical(key, logits, axis=-1)
 
-        keys = jax.random.split(rng_key, 2)
-        value, _ = jax.lax.scan(half, value, (jnp.arange(2), keys))
-        return value
+        return _checkerboard_sweep(rng_key, value, self.lattice_shape, draw)
 
     # -------------------------------------------------------- Distribution API
     def sample(self, key, sample_shape=()):

@@ -126,6 +126,41 @@ def jump(log_weights, x, x_new, scale):
     return jnp.sum(w * sq) / (2.0 * max(math.prod(x.shape[1:]), 1))
 
 
+def _target_of(target):
+    """``extra -> Target`` from a Target or such a function."""
+    if callable(target) and not isinstance(target, K.Target):
+        return target
+    return lambda _: target
+
+
+def _one_move(key, pop, cache, extra, dead, kernel, target_of, step_size, scale, threshold,
+              scheme, hook, hook_first):
+    """One move of ``kernel`` with its increment (and the hook before or after it); a
+    resampling check after an unadjusted move unless ``threshold`` is None.
+
+    Returns ``(pop, cache, extra, dead, resample info or None, (move CESS, acceptance, jump,
+    divergent))``."""
+    k_move, k_res, k_hook = jax.random.split(key, 3)
+    if hook is not None and hook_first:
+        pop, cache, extra, d = hook(k_hook, pop, cache, extra)
+        dead = dead + d
+    out = kernel.step(k_move, pop.x, cache, target_of(extra), step_size, scale)
+    moved = jump(pop.log_weights, pop.x, out.x, scale)
+    move_cess, r = jnp.ones((), pop.log_weights.dtype), None
+    if kernel.invariant:
+        pop, cache = pop._replace(x=out.x), out.cache
+    else:
+        pop, move_cess, d = reweight(pop._replace(x=out.x), out.log_increment)
+        dead, cache = dead + d, out.cache
+        if threshold is not None:
+            pop, cache, extra, r = resample_if(k_res, pop, threshold, scheme, cache, extra)
+    if hook is not None and not hook_first:
+        pop, cache, extra, d = hook(k_hook, pop, cache, extra)
+        dead = dead + d
+    div = jnp.sum(out.diverged).astype(jnp.int32)
+    return pop, cache, extra, dead, r, (move_cess, jnp.mean(out.acceptance), moved, div)
+
+
 def move(key, pop, cache, kernel, target, step_size, scale, num_moves, threshold,
          scheme="systematic", extra=None, hook=None, hook_first=False):
     """``num_moves`` moves of ``kernel`` at ``target`` (a :class:`~.kernels.Target`, or a
@@ -139,8 +174,7 @@ def move(key, pop, cache, kernel, target, step_size, scale, num_moves, threshold
 
     Returns ``(pop, cache, extra, MoveInfo)``.
     """
-    target_of = target if callable(target) and not isinstance(target, K.Target) else (
-        lambda _: target)
+    target_of = _target_of(target)
     one = jnp.ones((), pop.log_weights.dtype)
     zero_i = jnp.zeros((), jnp.int32)
     n = pop.log_weights.shape[0]
@@ -148,32 +182,16 @@ def move(key, pop, cache, kernel, target, step_size, scale, num_moves, threshold
 
     def body(carry, k):
         pop, cache, extra, res, dead = carry
-        k_move, k_res, k_hook = jax.random.split(k, 3)
-        if hook is not None and hook_first:
-            pop, cache, extra, d = hook(k_hook, pop, cache, extra)
-            dead = dead + d
         if kernel is None:
-            if hook is not None and not hook_first:
-                pop, cache, extra, d = hook(k_hook, pop, cache, extra)
+            if hook is not None:
+                pop, cache, extra, d = hook(jax.random.split(k, 3)[2], pop, cache, extra)
                 dead = dead + d
             # Nothing continuous to measure: recorded as a full renewal (1 per stage).
             return (pop, cache, extra, res, dead), (one, one, one / num_moves, zero_i)
-        out = kernel.step(k_move, pop.x, cache, target_of(extra), step_size, scale)
-        moved = jump(pop.log_weights, pop.x, out.x, scale)
-        move_cess = one
-        if kernel.invariant:
-            pop, cache = pop._replace(x=out.x), out.cache
-        else:
-            pop, move_cess, d = reweight(pop._replace(x=out.x), out.log_increment)
-            dead, cache = dead + d, out.cache
-            if threshold is not None:
-                pop, cache, extra, r = resample_if(k_res, pop, threshold, scheme, cache, extra)
-                res = worse(res, r)
-        if hook is not None and not hook_first:
-            pop, cache, extra, d = hook(k_hook, pop, cache, extra)
-            dead = dead + d
-        div = jnp.sum(out.diverged).astype(jnp.int32)
-        return (pop, cache, extra, res, dead), (move_cess, jnp.mean(out.acceptance), moved, div)
+        pop, cache, extra, dead, r, stats = _one_move(
+            k, pop, cache, extra, dead, kernel, target_of, step_size, scale, threshold, scheme,
+            hook, hook_first)
+        return (pop, cache, extra, res if r is None else worse(res, r), dead), stats
 
     (pop, cache, extra, res, dead), (move_cess, acc, jumps, divs) = jax.lax.scan(
         body, (pop, cache, extra, no_res, zero_i), jax.random.split(key, num_moves)
@@ -197,9 +215,7 @@ def step(key, pop, cache, increment, kernel, target, step_size, scale_fn, num_mo
     pop, cache, extra, res = resample_if(k_res, pop, threshold, scheme, cache, extra)
     res = res._replace(resampled=res.resampled.astype(jnp.int32))
     if cache is None and kernel is not None:
-        target_now = target(extra) if callable(target) and not isinstance(target, K.Target) \
-            else target
-        cache = target_now.evaluate(pop.x)
+        cache = _target_of(target)(extra).evaluate(pop.x)
     scale, aux = scale_fn(pop)
     pop, cache, extra, info = move(k_move, pop, cache, kernel, target, step_size, scale,
                                    num_moves, threshold, scheme, extra, hook, hook_first)
@@ -237,30 +253,13 @@ def step_waste_free(key, pop, cache, increment, kernel, target, step_size, scale
     cache, extra = take(cache, idx), take(extra, idx)
     res = ResampleInfo(ess_before, jnp.ones((), jnp.int32), num_unique_sorted(idx))
     scale, aux = scale_fn(start)
-    target_of = target if callable(target) and not isinstance(target, K.Target) else (
-        lambda _: target)
-    one = jnp.ones((), pop.log_weights.dtype)
+    target_of = _target_of(target)
 
     def body(carry, k):
         p, c, e, d = carry
-        k_move, k_hook = jax.random.split(k)
-        if hook is not None and hook_first:
-            p, c, e, dd = hook(k_hook, p, c, e)
-            d = d + dd
-        out = kernel.step(k_move, p.x, c, target_of(e), step_size, scale)
-        moved = jump(p.log_weights, p.x, out.x, scale)
-        move_cess = one
-        if kernel.invariant:
-            p, c = p._replace(x=out.x), out.cache
-        else:
-            p, move_cess, dd = reweight(p._replace(x=out.x), out.log_increment)
-            d, c = d + dd, out.cache
-        if hook is not None and not hook_first:
-            p, c, e, dd = hook(k_hook, p, c, e)
-            d = d + dd
-        div = jnp.sum(out.diverged).astype(jnp.int32)
-        return (p, c, e, d), ((p.x, p.log_weights, c, e),
-                              (move_cess, jnp.mean(out.acceptance), moved, div))
+        p, c, e, d, _, stats = _one_move(k, p, c, e, d, kernel, target_of, step_size, scale,
+                                         None, scheme, hook, hook_first)
+        return (p, c, e, d), ((p.x, p.log_weights, c, e), stats)
 
     (_, _, _, dead_moves), (kept, (move_cess, acc, jumps, divs)) = jax.lax.scan(
         body, (start, cache, extra, jnp.zeros((), jnp.int32)),
