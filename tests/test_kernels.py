@@ -33,7 +33,14 @@ MOVES = [
     (K.HMC(num_steps=3), 0.5),
     (K.UHMC(num_steps=3), 0.5),
     (K.UHMC(num_steps=1, jitter=0.0), 0.8),
+    (K.UHMC(num_steps=4, damping=1.5), 0.6),  # underdamped Langevin: refresh between steps
 ]
+
+
+def _move_id(m):
+    if not hasattr(m, "name"):
+        return str(m)
+    return m.name + ("-damped" if getattr(m, "damping", None) is not None else "")
 
 
 def _log_gamma_b(x):
@@ -66,7 +73,7 @@ def _run(move, step, key, target=TARGET):
     return x, log_w, incs
 
 
-@pytest.mark.parametrize("move,step", MOVES, ids=lambda m: getattr(m, "name", str(m)))
+@pytest.mark.parametrize("move,step", MOVES, ids=_move_id)
 def test_move_contract_on_a_gaussian_path(move, step):
     x, log_w, incs = jax.jit(lambda k: _run(move, step, k))(jax.random.key(0))
     x, log_w = np.asarray(x, np.float64), np.asarray(log_w, np.float64)
@@ -117,7 +124,7 @@ def _log_gamma_cut(x):
     return jnp.where(x[0] > CUT, _log_gamma_b(x), -jnp.inf)
 
 
-@pytest.mark.parametrize("move,step", MOVES, ids=lambda m: getattr(m, "name", str(m)))
+@pytest.mark.parametrize("move,step", MOVES, ids=_move_id)
 def test_proposals_into_a_zero_density_region_keep_the_weights_exact(move, step):
     """Half-space truncation: proposals below the cut land on log γ = −inf. Adjusted moves
     reject them; unadjusted ones leave the particle in place with increment 0, which is exact

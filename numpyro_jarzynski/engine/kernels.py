@@ -137,36 +137,61 @@ class MALA:
 
 
 # -------------------------------------------------------------------------------- Hamiltonian
-def leapfrog(x, p, cache, target, eps, scale, num_steps):
+def leapfrog(x, p, cache, target, eps, scale, num_steps, refresh=None):
     """``num_steps`` leapfrog steps in whitened momentum (``p ~ N(0, I)``, mass
     ``diag(1/scale²)``): ``p += ε/2·s∇log γ``, ``x += ε s p``, ``p += ε/2·s∇log γ``.
     Symplectic and reversible (``(x', −p')`` maps back to ``(x, −p)``), volume preserving.
-    ``eps`` is ``(N, 1)`` (a step per particle); one evaluation per step."""
+    ``eps`` is ``(N, 1)`` (a step per particle); one evaluation per step.
 
-    def body(carry, _):
-        x, p, c = carry
+    ``refresh=(alpha, key)``: after every step but the last, a partial momentum refresh
+    ``p ← α p + √(1 − α²) ξ`` (``alpha`` ``(N, 1)``). The kinetic energy is then not
+    conserved across a refresh, so the function also returns ``Σ_k (½|p_k⁺|² − ½|p_{k+1}|²)``,
+    the kinetic part of the summed energy errors of the segments (``p_k⁺`` the momentum after
+    the ``k``-th refresh, ``p_{k+1}`` before the next): ``(x, p, cache, kinetic)``, with
+    ``kinetic = ½|p_0|² − ½|p_L|²`` when ``refresh`` is None."""
+    alpha, k_ref = (None, None) if refresh is None else refresh
+
+    def half_kick_drift_kick(x, p, c):
         p = p + 0.5 * eps * scale * _finite_or(target.grad(c), 0.0)
         x = x + eps * scale * p
         c = target.evaluate(x)
         p = p + 0.5 * eps * scale * _finite_or(target.grad(c), 0.0)
-        return (x, p, c), None
+        return x, p, c
 
-    (x, p, cache), _ = jax.lax.scan(body, (x, p, cache), None, length=num_steps)
-    return x, p, cache
+    def body(carry, inputs):
+        x, p, c, kin = carry
+        k, last = inputs
+        x, p, c = half_kick_drift_kick(x, p, c)
+        if alpha is not None:
+            kin = kin - 0.5 * jnp.sum(p**2, -1)
+            xi = jax.random.normal(k, p.shape, p.dtype)
+            p = jnp.where(last, p, alpha * p + jnp.sqrt(1.0 - alpha**2) * xi)
+            kin = kin + jnp.where(last, 0.0, 0.5 * jnp.sum(p**2, -1))
+        return (x, p, c, kin), None
+
+    kin0 = 0.5 * jnp.sum(p**2, -1)
+    keys = (jax.random.split(k_ref, num_steps) if alpha is not None
+            else jnp.zeros((num_steps,), jnp.uint32))
+    last = jnp.arange(num_steps) == num_steps - 1
+    (x, p, cache, kin), _ = jax.lax.scan(body, (x, p, cache, kin0), (keys, last))
+    if alpha is None:
+        kin = kin0 - 0.5 * jnp.sum(p**2, -1)
+    return x, p, cache, kin
 
 
-def _hamiltonian_proposal(key, x, cache, target, step_size, scale, num_steps, jitter):
+def _hamiltonian_proposal(key, x, cache, target, step_size, scale, num_steps, jitter,
+                          damping=None):
     """Fresh momentum, a jittered step per particle (an auxiliary draw independent of ``x``,
-    the same forward and backward), ``num_steps`` leapfrog steps. Returns the proposal and
-    ``−ΔH = log γ(x') − ½|p'|² − log γ(x) + ½|p|²`` (NaN or inf → −inf)."""
-    k_p, k_eps = jax.random.split(key)
+    the same forward and backward), ``num_steps`` leapfrog steps (with a partial refresh of
+    friction ``damping`` between them, see :class:`UHMC`). Returns the proposal and
+    ``−ΔH = log γ(x') − log γ(x) + Σ_segments (½|p_start|² − ½|p_end|²)`` (NaN or inf → −inf)."""
+    k_p, k_eps, *k_ref = jax.random.split(key, 2 if damping is None else 3)
     p = jax.random.normal(k_p, x.shape, x.dtype)
     u = jax.random.uniform(k_eps, x.shape[:1] + (1,), x.dtype, -1.0, 1.0)
     eps = step_size * (1.0 + jitter * u)
-    x_new, p_new, c_new = leapfrog(x, p, cache, target, eps, scale, num_steps)
-    neg_dh = (target.log_density(c_new) - 0.5 * jnp.sum(p_new**2, -1)) - (
-        target.log_density(cache) - 0.5 * jnp.sum(p**2, -1)
-    )
+    refresh = None if damping is None else (jnp.exp(-damping * eps), k_ref[0])
+    x_new, _, c_new, kinetic = leapfrog(x, p, cache, target, eps, scale, num_steps, refresh)
+    neg_dh = target.log_density(c_new) - target.log_density(cache) + kinetic
     return x_new, c_new, jnp.where(jnp.isfinite(neg_dh), neg_dh, -jnp.inf)
 
 
@@ -201,7 +226,7 @@ class _Hamiltonian:
 
 @dataclass(frozen=True)
 class UHMC(_Hamiltonian):
-    """Unadjusted Hamiltonian Monte Carlo, weighted exactly.
+    """Unadjusted Hamiltonian Monte Carlo (or underdamped Langevin), weighted exactly.
 
     Forward kernel on the extended space ``(x, p)``: draw ``p ~ N(0, I)`` (whitened), run
     ``num_steps`` leapfrog steps ``Φ`` under ``γ`` (step ``ε`` jittered per particle), keep
@@ -218,11 +243,42 @@ class UHMC(_Hamiltonian):
     step where the leapfrog stays finite, with no rejection, so every gradient moves the
     particles and the integration error is paid in weights (HMC's Metropolis test uses the same
     ``−ΔH``). ``num_steps`` gradients per move.
+
+    **Partial refresh** (``damping=ζ``, a friction per unit of leapfrog time): after each of
+    the first ``num_steps − 1`` leapfrog steps the momentum is partially refreshed,
+    ``p ← α p + √(1 − α²) ξ`` with ``α = exp(−ζ ε)`` — the trajectory is an underdamped
+    Langevin one (the BAOAB-type splitting "leapfrog, then Ornstein–Uhlenbeck"), which forgets
+    its momentum over a time ``1/ζ`` instead of carrying it to a U-turn. ``ζ → 0`` is the
+    plain trajectory, ``ζ → ∞`` a full refresh after every step (a chain of one-step HMC
+    moves). The refresh kernel ``R`` is reversible for ``N(0, I)``, so taking ``R`` itself as
+    its backward kernel gives it the increment
+    ``log N(p⁺)R(p | p⁺) / (N(p)R(p⁺ | p)) = 0``; the leapfrog segments keep theirs. The
+    move's increment is the sum over the segments of their energy errors,
+
+    .. math::
+
+        \\Delta A = \\log\\gamma(x_L) - \\log\\gamma(x_0)
+                  + \\sum_{k=0}^{L-1} \\bigl(\\tfrac12|p_k^+|^2 - \\tfrac12|p_{k+1}|^2\\bigr),
+
+    with ``p_0^+ = p_0`` the fresh momentum, ``p_{k+1}`` the momentum at the end of step ``k``
+    and ``p_k^+`` after its refresh (the potential terms telescope). The momentum is drawn
+    afresh at the start of every move. ``adjusted()`` is :class:`HMC` without the refresh.
     """
+
+    damping: float | None = None
 
     name = "uhmc"
     invariant = False
     default_target = 0.9
+
+    def __post_init__(self):
+        super().__post_init__()
+        d = self.damping
+        if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float))
+                              or not (0.0 <= d < float("inf"))):
+            raise ValueError(f"UHMC: damping must be None (no refresh inside a trajectory) or "
+                             f"a finite friction >= 0 (the momentum keeps exp(-damping*ε) of "
+                             f"itself per leapfrog step), got {d!r}.")
 
     def default_step(self, dim):
         return 0.5 * max(dim, 1) ** (-0.25)
@@ -231,7 +287,8 @@ class UHMC(_Hamiltonian):
         return HMC(self.num_steps, self.jitter)
 
     def step(self, key, x, cache, target, step_size, scale):
-        x_new, c_new, inc = self._propose(key, x, cache, target, step_size, scale)
+        x_new, c_new, inc = _hamiltonian_proposal(key, x, cache, target, step_size, scale,
+                                                  self.num_steps, self.jitter, self.damping)
         x_out, c_out, inc_out, div = _stay_if_diverged(x, cache, x_new, c_new, inc, target)
         return MoveResult(x_out, c_out, inc_out, _accept_proxy(inc), div)
 
