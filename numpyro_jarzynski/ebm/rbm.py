@@ -46,8 +46,9 @@ def _check_enumerable(n_v, n_h, which):
     if n > MAX_ENUMERATED_UNITS:
         raise ValueError(
             f"Exact log Z enumerates 2^{n} states of the smaller layer; more than "
-            f"{MAX_ENUMERATED_UNITS} units is too many. Use the trainer's running log Z "
-            "(Jarzynski weights) or JarzynskiSMC with the RBM as a latent site instead."
+            f"{MAX_ENUMERATED_UNITS} units is too many. Use log_partition(method=\"ais\", "
+            "rng_key=...) (annealed importance sampling, a stochastic lower bound with its "
+            "error) or the trainer's running log Z (Jarzynski weights) instead."
         )
 
 
@@ -162,8 +163,27 @@ class BernoulliRBM(_RBM):
         (v, _), _ = jax.lax.scan(body, (v, a), (jnp.arange(self.num_visible), u))
         return v
 
-    def log_partition(self):
-        """Exact ``log Σ_v e^{−F(v)}`` by enumerating the smaller layer (≤ 20 units)."""
+    def log_partition(self, method="exact", *, rng_key=None, base_bias=None, num_runs=100,
+                      num_temperatures=10_000):
+        """``log Σ_v e^{−F(v)}``.
+
+        ``method="exact"``: by enumerating the smaller layer (≤ 20 units); returns a scalar.
+        ``method="ais"``: annealed importance sampling from the base-rate model with visible
+        biases ``base_bias`` (pass :func:`numpyro_jarzynski.ebm.ais.base_rate_bias` of the
+        training data) through ``num_temperatures`` temperatures, ``num_runs`` runs (needs
+        ``rng_key``); returns an :class:`~numpyro_jarzynski.ebm.ais.AISResult` whose
+        ``log_z`` is a stochastic lower bound on ``log Z``, with its standard error. For
+        bounds on both sides of a test log-likelihood use
+        :func:`numpyro_jarzynski.ebm.ais.log_likelihood_bounds`.
+        """
+        if method == "ais":
+            from numpyro_jarzynski.ebm import ais
+
+            if rng_key is None:
+                raise ValueError('log_partition(method="ais") needs rng_key=jax.random.key(...).')
+            return ais.ais(rng_key, self, num_runs, num_temperatures, base_bias)
+        if method != "exact":
+            raise ValueError(f'method must be "exact" or "ais", got {method!r}.')
         n_v, n_h = self.weights.shape
         _check_enumerable(n_v, n_h, None)
         dtype = self.weights.dtype
