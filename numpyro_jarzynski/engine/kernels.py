@@ -7,8 +7,12 @@ program) with one pure method,
 
 for a batch of ``N`` particles (``x`` ``(N, d)``). ``target`` is a :class:`Target`: how to
 evaluate particles (``evaluate(x) -> cache``) and how to read ``log γ`` and ``∇ log γ`` off a
-cache. ``scale`` (``(d,)`` or per particle ``(N, d)``) is the diagonal preconditioner: the
-moves work in units of it, so ``step_size`` is dimensionless.
+cache. ``scale`` is the preconditioner, a factor ``L`` of the inverse mass ``M⁻¹ = L Lᵀ``
+(:mod:`numpyro_jarzynski.engine.preconditioner`): an array ``(d,)`` or per particle
+``(N, d)`` for the diagonal ``L = diag(scale)``, or a dense or low-rank factor (cross-fitted:
+one per half of the batch). The moves work in the whitened coordinates ``L⁻¹x``, so
+``step_size`` is dimensionless, and every increment below is exact for any stage-fixed ``L``
+(its log-determinant is the same in the forward and backward kernels and cancels).
 
 ``log_increment`` is the move's Crooks term
 
@@ -35,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from numpyro_jarzynski.engine import moves as M
+from numpyro_jarzynski.engine import preconditioner as P
 
 
 class Target(NamedTuple):
@@ -76,9 +81,11 @@ def _accept_proxy(log_ratio):
 # --------------------------------------------------------------------------------- Langevin
 @dataclass(frozen=True)
 class ULA:
-    """Unadjusted Langevin: ``x' = x + h s²∇log γ(x) + √(2h) s ξ`` with its Crooks increment
+    """Unadjusted Langevin: ``x' = x + h LLᵀ∇log γ(x) + √(2h) L ξ`` (``L = diag(s)`` for a
+    diagonal scale) with its Crooks increment
     (:func:`numpyro_jarzynski.engine.moves.langevin_log_increment`, forward and backward
-    kernels both ULA at ``γ``). One gradient per move; exact in weights for any ``h < 2``."""
+    kernels both ULA at ``γ`` with the same ``L``, so ``log|det L|`` cancels). One gradient per
+    move; exact in weights for any ``h < 2`` and any factor ``L``."""
 
     name = "ula"
     invariant = False
@@ -138,10 +145,13 @@ class MALA:
 
 # -------------------------------------------------------------------------------- Hamiltonian
 def leapfrog(x, p, cache, target, eps, scale, num_steps, refresh=None):
-    """``num_steps`` leapfrog steps in whitened momentum (``p ~ N(0, I)``, mass
-    ``diag(1/scale²)``): ``p += ε/2·s∇log γ``, ``x += ε s p``, ``p += ε/2·s∇log γ``.
-    Symplectic and reversible (``(x', −p')`` maps back to ``(x, −p)``), volume preserving.
-    ``eps`` is ``(N, 1)`` (a step per particle); one evaluation per step.
+    """``num_steps`` leapfrog steps in whitened momentum (``p ~ N(0, I)``, inverse mass
+    ``M⁻¹ = L Lᵀ``, ``L = diag(scale)`` for a diagonal scale): ``p += ε/2·Lᵀ∇log γ``,
+    ``x += ε L p``, ``p += ε/2·Lᵀ∇log γ``. This is the plain leapfrog in ``(y, p)`` with
+    ``y = L⁻¹x`` and ``∇_y = Lᵀ∇_x``; ``x = L y`` is linear with a constant Jacobian, so for a
+    fixed ``L`` it is symplectic, reversible (``(x', −p')`` maps back to ``(x, −p)``) and
+    volume preserving in ``(x, p)`` too. ``eps`` is ``(N, 1)`` (a step per particle); one
+    evaluation per step.
 
     ``refresh=(alpha, key)``: after every step but the last, a partial momentum refresh
     ``p ← α p + √(1 − α²) ξ`` (``alpha`` ``(N, 1)``). The kinetic energy is then not
@@ -152,10 +162,10 @@ def leapfrog(x, p, cache, target, eps, scale, num_steps, refresh=None):
     alpha, k_ref = (None, None) if refresh is None else refresh
 
     def half_kick_drift_kick(x, p, c):
-        p = p + 0.5 * eps * scale * _finite_or(target.grad(c), 0.0)
-        x = x + eps * scale * p
+        p = p + P.mul_t(scale, _finite_or(target.grad(c), 0.0), 0.5 * eps)
+        x = x + P.mul(scale, p, eps)
         c = target.evaluate(x)
-        p = p + 0.5 * eps * scale * _finite_or(target.grad(c), 0.0)
+        p = p + P.mul_t(scale, _finite_or(target.grad(c), 0.0), 0.5 * eps)
         return x, p, c
 
     def body(carry, inputs):
@@ -239,7 +249,9 @@ class UHMC(_Hamiltonian):
         \\Delta A = \\log\\frac{\\gamma(x')\\,\\mathcal N(p'; 0, I)}{\\gamma(x)\\,\\mathcal N(p; 0, I)}
                   = -\\Delta H ,
 
-    minus the energy error of the trajectory: the weighted walkers are exact for ``γ`` at any
+    minus the energy error of the trajectory (with a dense or low-rank factor ``L`` the
+    momentum is whitened by it, ``N(p; 0, I)`` has no ``L`` in it, and ``Φ`` stays volume
+    preserving, so the increment is the same): the weighted walkers are exact for ``γ`` at any
     step where the leapfrog stays finite, with no rejection, so every gradient moves the
     particles and the integration error is paid in weights (HMC's Metropolis test uses the same
     ``−ΔH``). ``num_steps`` gradients per move.

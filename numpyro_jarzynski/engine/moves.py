@@ -1,10 +1,12 @@
 """Langevin moves and their weight increments (the paper's "role of the kernel").
 
 Every function works on a batch: ``x`` has shape ``(N, d)``, ``log_p`` shape ``(N,)``,
-``grad`` shape ``(N, d)``, and ``scale`` (the diagonal preconditioner, ``M = diag(scale²)``)
-shape ``(d,)``. ``step_size`` ``h`` is dimensionless: the move is
+``grad`` shape ``(N, d)``, and ``scale`` is the preconditioner, a factor ``L`` with
+``M = L Lᵀ`` (:mod:`numpyro_jarzynski.engine.preconditioner`: an array ``s`` ``(d,)`` or
+``(N, d)`` for the diagonal ``L = diag(s)``, or a dense or low-rank factor). ``step_size``
+``h`` is dimensionless: the move is
 
-.. math::  x' = x + h M \\nabla \\log \\gamma_a(x) + \\sqrt{2h}\\, M^{1/2} \\xi .
+.. math::  x' = x + h M \\nabla \\log \\gamma_a(x) + \\sqrt{2h}\\, L \\xi .
 
 **Crooks increment.** With forward kernel ``M = ULA(γ_a)`` and backward kernel
 ``L = ULA(γ_b)`` (Carbone et al., NeurIPS 2023, arXiv:2305.19414),
@@ -15,7 +17,9 @@ shape ``(d,)``. ``step_size`` ``h`` is dimensionless: the move is
               = -\\alpha_{U_b}(x', x) + \\alpha_{U_a}(x, x'),\\qquad
     \\alpha_U(x, y) = U(x) + \\tfrac12 (y - x)\\cdot\\nabla U(x) + \\tfrac h4 |\\nabla U(x)|_M^2,
 
-with ``U = -log γ``. With this increment the weighted walkers are exact for ``γ_b`` whatever
+with ``U = -log γ`` and ``|v|²_M = vᵀMv = |Lᵀv|²``. The proposal's ``log|det L|`` and its
+``|x' − x|²_{M⁻¹}/(4h)`` term are the same forward and backward and cancel, so this holds
+for any stage-fixed factor ``L`` (dense, low rank) with no solve. With this increment the weighted walkers are exact for ``γ_b`` whatever
 ``h``; without it ULA is biased by ``O(h)``. With ``a = b`` it is the Metropolis–Hastings log
 ratio of MALA, which is how :func:`mala_accept` uses it.
 """
@@ -23,11 +27,14 @@ ratio of MALA, which is how :func:`mala_accept` uses it.
 import jax
 import jax.numpy as jnp
 
+from numpyro_jarzynski.engine import preconditioner as P
+
 
 def langevin_proposal(rng_key, x, grad, step_size, scale):
-    """One unadjusted Langevin (Euler–Maruyama) step, preconditioned by ``diag(scale²)``."""
+    """One unadjusted Langevin (Euler–Maruyama) step, preconditioned by ``M = L Lᵀ``."""
     noise = jax.random.normal(rng_key, x.shape, x.dtype)
-    return x + step_size * scale**2 * grad + jnp.sqrt(2 * step_size) * scale * noise
+    return (x + P.inverse_mass(scale, grad, step_size)
+            + P.mul(scale, noise, jnp.sqrt(2 * step_size)))
 
 
 def _alpha(log_p, grad, x_from, x_to, step_size, scale):
@@ -35,7 +42,7 @@ def _alpha(log_p, grad, x_from, x_to, step_size, scale):
     return (
         -log_p
         - 0.5 * jnp.sum((x_to - x_from) * grad, axis=-1)
-        + 0.25 * step_size * jnp.sum((scale * grad) ** 2, axis=-1)
+        + 0.25 * step_size * P.sq_norm_t(scale, grad)
     )
 
 
