@@ -4,7 +4,7 @@ A stage takes walkers that are properly weighted for ``γ_a`` to walkers properl
 ``γ_b``:
 
 1. **reweight** by the stage's increment ``ΔA(x) = log γ_b(x) − log γ_a(x)`` (the annealing
-   work of a tempering step, ``Δβ · tilt`` of a tempered site, …);
+   work of a tempering step ``Δβ·log L``, of a parameter step ``log γ_{θ_b} − log γ_{θ_a}``, …);
 2. **resample** if the normalised ESS is below ``threshold``;
 3. fit the preconditioner on the resampled population (``scale_fn``);
 4. **move** ``num_moves`` times with a kernel at ``γ_b`` (a move value from
@@ -13,11 +13,23 @@ A stage takes walkers that are properly weighted for ``γ_a`` to walkers properl
    optional ``hook`` runs after (or before) every move: the Gibbs update of the discrete sites
    of a mixed model, which is exact for ``γ_b`` and adds nothing either.
 
+:func:`advance` is this stage on a path value (:mod:`numpyro_jarzynski.engine.path`): the
+front-end gives its path, the two points ``a``, ``b`` and its moves; the path supplies the work
+and the targets, and dead walkers get a live position at the end. Two variants of the order:
+``move_first`` (moves at ``γ_a``, then the work at the moved walkers, then the resampling
+check: the EBM trainer's update, whose work must be evaluated at walkers drawn after ``θ_b``
+was chosen from them) and a bridging move (``kernel.bridging``: one move that crosses
+``a → b`` itself, its increment the whole Crooks term, the interpolant's Euler–Maruyama step).
+
 Everything the stage saw is returned in a :class:`StageInfo` (recorded, never raised: the
-caller reports from Python after the compiled run). ``JarzynskiSMC``'s tempering stage and the
-EBM annealer (:func:`numpyro_jarzynski.ebm.walkers.anneal_from_base`) are this function with
-their own path; :func:`move` alone (the moves with their increments) is also what the EBM
-trainer runs between two parameter values.
+caller reports from Python after the compiled run). The three front-ends call
+:func:`advance`: ``JarzynskiSMC``'s tempering stage and the EBM annealer
+(:func:`numpyro_jarzynski.ebm.walkers.anneal_from_base`) on a
+:class:`~numpyro_jarzynski.engine.path.TemperingPath`, the EBM trainer
+(:func:`numpyro_jarzynski.ebm.walkers.advance`) on a
+:class:`~numpyro_jarzynski.engine.path.ParameterPath`, the interpolant sampler on a
+:class:`~numpyro_jarzynski.engine.path.GenerationPath`. :func:`step`, :func:`step_waste_free`
+and :func:`move` are the building blocks for a front-end that computes its increment itself.
 """
 
 import math
@@ -27,12 +39,13 @@ import jax
 import jax.numpy as jnp
 
 from numpyro_jarzynski.engine import kernels as K
-from numpyro_jarzynski.engine import preconditioner as P
 from numpyro_jarzynski.engine import weights as W
+from numpyro_jarzynski.engine.path import Crossing
 from numpyro_jarzynski.engine.population import (
     Population,
     ResampleInfo,
     num_unique_sorted,
+    replace_dead,
     resample_if,
     take,
 )
@@ -46,7 +59,9 @@ class MoveInfo(NamedTuple):
     """What a block of moves saw: the smallest conditional ESS of the moves' own increments
     (1 for invariant moves), ``noise = −Σ log CESS`` over the moves, the mean acceptance, the
     worst resampling check between moves, the walkers killed, the squared jump
-    ``Σ_moves E_w‖(x' − x)/s‖²/(2d)`` and the number of divergent proposals."""
+    ``Σ_moves E_w‖(x' − x)/s‖²/(2d)``, the number of divergent proposals and, among the
+    walkers killed, those whose increment was not finite (``num_failed``; the others were
+    dropped for a weight more than ``NEGLIGIBLE_LOG_WEIGHT`` nats below the heaviest)."""
 
     move_cess: jax.Array
     noise: jax.Array
@@ -55,11 +70,15 @@ class MoveInfo(NamedTuple):
     num_dead: jax.Array
     jump: jax.Array
     num_divergent: jax.Array
+    num_failed: jax.Array
 
 
 class StageInfo(NamedTuple):
     """:class:`MoveInfo` plus the stage increment's conditional ESS (``cess``) and the
-    k-hat of the weights right after it (``khat_before``, before any resampling)."""
+    k-hat of the weights right after it (``khat_before``, before any resampling).
+    ``num_dead`` and ``num_failed`` count the stage's increment and the moves' together.
+    ``increment``: the stage's increment per walker, ``(N,)``, where one is defined (a
+    bridging stage: its one move's Crooks term); ``None`` otherwise."""
 
     cess: jax.Array
     khat_before: jax.Array
@@ -70,11 +89,15 @@ class StageInfo(NamedTuple):
     num_dead: jax.Array
     jump: jax.Array
     num_divergent: jax.Array
+    num_failed: jax.Array
+    increment: Any = None
 
 
 class SweepMove(NamedTuple):
     """An exact sweep ``sweep(key, x) -> x'`` (e.g. a lattice's checkerboard Gibbs sweep at the
-    stage's β) as a move value: invariant, so it adds no increment."""
+    stage's β, an RBM's block Gibbs at θ) as a move value: invariant, so it adds no increment.
+    The target's cache is evaluated at the swept walkers, unless the target has no
+    ``evaluate`` (then there is no cache: ``None``)."""
 
     sweep: Any
 
@@ -85,8 +108,9 @@ class SweepMove(NamedTuple):
         x_new = self.sweep(key, x)
         n = x.shape[0]
         dtype = jnp.result_type(float)
-        return K.MoveResult(x_new, target.evaluate(x_new), jnp.zeros(n, dtype),
-                            jnp.ones(n, dtype), jnp.zeros(n, bool))
+        c_new = None if target.evaluate is None else target.evaluate(x_new)
+        return K.MoveResult(x_new, c_new, jnp.zeros(n, dtype), jnp.ones(n, dtype),
+                            jnp.zeros(n, bool))
 
 
 def khat(log_w):
@@ -110,56 +134,71 @@ def worse(a, b):
     )
 
 
+def failures(log_w, increment):
+    """Walkers alive before an increment that is not finite (NaN, ±inf) for them."""
+    return jnp.sum(jnp.isfinite(log_w) & ~jnp.isfinite(increment)).astype(jnp.int32)
+
+
 def reweight(pop, increment):
-    """Add ``ΔA`` to the log-weights: ``(population, CESS of ΔA, walkers killed)``."""
+    """Add ``ΔA`` to the log-weights: ``(population, CESS of ΔA, walkers killed, of which
+    with a non-finite increment)``."""
     cess = W.conditional_ess(pop.log_weights, increment)
     new_w = W.add_increment(pop.log_weights, increment)
-    return pop._replace(log_weights=new_w), cess, deaths(pop.log_weights, new_w)
+    return (pop._replace(log_weights=new_w), cess, deaths(pop.log_weights, new_w),
+            failures(pop.log_weights, increment))
 
 
 def jump(log_weights, x, x_new, scale):
-    """``E_w‖L⁻¹(x' − x)‖²/(2d)``: one move's squared jump in units of the preconditioner
-    (``L = diag(s)``: ``(x' − x)/s``; about 1 for a move that draws afresh from ``N(·, LLᵀ)``)."""
+    """``E_w‖(x' − x)/s‖²/(2d)``: one move's squared jump in units of the scale (about 1 for
+    a move that draws afresh from a Gaussian of spread ``s``)."""
     w = jax.nn.softmax(jnp.where(jnp.isfinite(log_weights), log_weights, -jnp.inf))
     step = x_new - x
-    sq = jnp.square(P.solve(scale, jnp.where(jnp.isfinite(step), step, 0.0)))
+    sq = jnp.square(jnp.where(jnp.isfinite(step), step, 0.0) / scale)
     sq = jnp.sum(sq.reshape(sq.shape[0], -1), axis=-1)
     return jnp.sum(w * sq) / (2.0 * max(math.prod(x.shape[1:]), 1))
 
 
 def _target_of(target):
     """``extra -> Target`` from a Target or such a function."""
-    if callable(target) and not isinstance(target, K.Target):
+    if callable(target) and not isinstance(target, tuple):
         return target
     return lambda _: target
+
+
+def _evaluate(target, extra, x):
+    """The target's cache at ``x`` (``None`` for a target that evaluates nothing)."""
+    t = _target_of(target)(extra)
+    return None if t.evaluate is None else t.evaluate(x)
 
 
 def _one_move(key, pop, cache, extra, dead, kernel, target_of, step_size, scale, threshold,
               scheme, hook, hook_first):
     """One move of ``kernel`` with its increment (and the hook before or after it); a
-    resampling check after an unadjusted move unless ``threshold`` is None.
+    resampling check after an unadjusted move unless ``threshold`` is None. ``dead``: the
+    pair (walkers killed, of which with a non-finite increment), counted on.
 
     Returns ``(pop, cache, extra, dead, resample info or None, (move CESS, acceptance, jump,
-    divergent))``."""
+    divergent), the move's increment per walker)``."""
     k_move, k_res, k_hook = jax.random.split(key, 3)
     if hook is not None and hook_first:
         pop, cache, extra, d = hook(k_hook, pop, cache, extra)
-        dead = dead + d
+        dead = (dead[0] + d, dead[1] + d)
     out = kernel.step(k_move, pop.x, cache, target_of(extra), step_size, scale)
     moved = jump(pop.log_weights, pop.x, out.x, scale)
     move_cess, r = jnp.ones((), pop.log_weights.dtype), None
     if kernel.invariant:
         pop, cache = pop._replace(x=out.x), out.cache
     else:
-        pop, move_cess, d = reweight(pop._replace(x=out.x), out.log_increment)
-        dead, cache = dead + d, out.cache
+        pop, move_cess, d, f = reweight(pop._replace(x=out.x), out.log_increment)
+        dead, cache = (dead[0] + d, dead[1] + f), out.cache
         if threshold is not None:
             pop, cache, extra, r = resample_if(k_res, pop, threshold, scheme, cache, extra)
     if hook is not None and not hook_first:
         pop, cache, extra, d = hook(k_hook, pop, cache, extra)
-        dead = dead + d
+        dead = (dead[0] + d, dead[1] + d)
     div = jnp.sum(out.diverged).astype(jnp.int32)
-    return pop, cache, extra, dead, r, (move_cess, jnp.mean(out.acceptance), moved, div)
+    return (pop, cache, extra, dead, r, (move_cess, jnp.mean(out.acceptance), moved, div),
+            out.log_increment)
 
 
 def move(key, pop, cache, kernel, target, step_size, scale, num_moves, threshold,
@@ -186,20 +225,20 @@ def move(key, pop, cache, kernel, target, step_size, scale, num_moves, threshold
         if kernel is None:
             if hook is not None:
                 pop, cache, extra, d = hook(jax.random.split(k, 3)[2], pop, cache, extra)
-                dead = dead + d
+                dead = (dead[0] + d, dead[1] + d)
             # Nothing continuous to measure: recorded as a full renewal (1 per stage).
             return (pop, cache, extra, res, dead), (one, one, one / num_moves, zero_i)
-        pop, cache, extra, dead, r, stats = _one_move(
+        pop, cache, extra, dead, r, stats, _ = _one_move(
             k, pop, cache, extra, dead, kernel, target_of, step_size, scale, threshold, scheme,
             hook, hook_first)
         return (pop, cache, extra, res if r is None else worse(res, r), dead), stats
 
     (pop, cache, extra, res, dead), (move_cess, acc, jumps, divs) = jax.lax.scan(
-        body, (pop, cache, extra, no_res, zero_i), jax.random.split(key, num_moves)
+        body, (pop, cache, extra, no_res, (zero_i, zero_i)), jax.random.split(key, num_moves)
     )
     noise = -jnp.sum(jnp.log(jnp.clip(move_cess, 1e-30, 1.0)))
-    return pop, cache, extra, MoveInfo(jnp.min(move_cess), noise, jnp.mean(acc), res, dead,
-                                       jnp.sum(jumps), jnp.sum(divs))
+    return pop, cache, extra, MoveInfo(jnp.min(move_cess), noise, jnp.mean(acc), res, dead[0],
+                                       jnp.sum(jumps), jnp.sum(divs), dead[1])
 
 
 def step(key, pop, cache, increment, kernel, target, step_size, scale_fn, num_moves,
@@ -211,18 +250,19 @@ def step(key, pop, cache, increment, kernel, target, step_size, scale_fn, num_mo
     Returns ``(pop, cache, extra, aux, StageInfo)``.
     """
     k_res, k_move = jax.random.split(key)
-    pop, cess, dead = reweight(pop, increment)
+    pop, cess, dead, failed = reweight(pop, increment)
     khat_before = khat(pop.log_weights)
     pop, cache, extra, res = resample_if(k_res, pop, threshold, scheme, cache, extra)
     res = res._replace(resampled=res.resampled.astype(jnp.int32))
     if cache is None and kernel is not None:
-        cache = _target_of(target)(extra).evaluate(pop.x)
+        cache = _evaluate(target, extra, pop.x)
     scale, aux = scale_fn(pop)
     pop, cache, extra, info = move(k_move, pop, cache, kernel, target, step_size, scale,
                                    num_moves, threshold, scheme, extra, hook, hook_first)
     return pop, cache, extra, aux, StageInfo(
         cess, khat_before, info.move_cess, info.noise, info.acceptance,
         worse(res, info.resample), dead + info.num_dead, info.jump, info.num_divergent,
+        failed + info.num_failed,
     )
 
 
@@ -244,7 +284,7 @@ def step_waste_free(key, pop, cache, increment, kernel, target, step_size, scale
     n = pop.log_weights.shape[0]
     m = n // chain_length
     k_res, k_move = jax.random.split(key)
-    pop, cess, dead = reweight(pop, increment)
+    pop, cess, dead, failed = reweight(pop, increment)
     khat_before = khat(pop.log_weights)
     ess_before = W.ess(pop.log_weights)
     # M ancestors: the same scheme, asked for M indices.
@@ -258,12 +298,13 @@ def step_waste_free(key, pop, cache, increment, kernel, target, step_size, scale
 
     def body(carry, k):
         p, c, e, d = carry
-        p, c, e, d, _, stats = _one_move(k, p, c, e, d, kernel, target_of, step_size, scale,
+        p, c, e, d, _, stats, _ = _one_move(k, p, c, e, d, kernel, target_of, step_size, scale,
                                          None, scheme, hook, hook_first)
         return (p, c, e, d), ((p.x, p.log_weights, c, e), stats)
 
+    zero_i = jnp.zeros((), jnp.int32)
     (_, _, _, dead_moves), (kept, (move_cess, acc, jumps, divs)) = jax.lax.scan(
-        body, (start, cache, extra, jnp.zeros((), jnp.int32)),
+        body, (start, cache, extra, (zero_i, zero_i)),
         jax.random.split(k_move, chain_length - 1))
     first = (start.x, start.log_weights, cache, extra)
     # (chain_length, M, ...) -> (N, ...): the start states, then every state of every chain.
@@ -272,12 +313,117 @@ def step_waste_free(key, pop, cache, increment, kernel, target, step_size, scale
     pop = Population(x, log_w, start.log_z_banked)
     noise = -jnp.sum(jnp.log(jnp.clip(move_cess, 1e-30, 1.0)))
     return pop, cache, extra, aux, StageInfo(
-        cess, khat_before, jnp.min(move_cess), noise, jnp.mean(acc), res, dead + dead_moves,
+        cess, khat_before, jnp.min(move_cess), noise, jnp.mean(acc), res, dead + dead_moves[0],
         # The kept states are 0 .. L−1 moves from their ancestor: on average half the
         # chain's summed squared jump away from it.
-        0.5 * jnp.sum(jumps), jnp.sum(divs),
+        0.5 * jnp.sum(jumps), jnp.sum(divs), failed + dead_moves[1],
     )
 
 
-__all__ = ["MoveInfo", "StageInfo", "SweepMove", "deaths", "jump", "khat", "move", "reweight",
-           "step", "step_waste_free", "worse"]
+def _shared(path):
+    return getattr(path, "shared_cache", False)
+
+
+def _no_resampling(pop):
+    n = pop.log_weights.shape[0]
+    return ResampleInfo(W.ess(pop.log_weights), jnp.zeros((), jnp.int32), jnp.asarray(n, jnp.int32))
+
+
+def _move_then_reweight(key, pop, cache, path, a, b, kernel, step_size, scale_fn, num_moves,
+                        threshold, scheme, extra, hook, hook_first):
+    """Moves at ``γ_a`` (no resampling between them: every walker keeps its identity through
+    the moves), then the work ``a → b`` at the moved walkers, then a resampling check."""
+    k_move, k_res = jax.random.split(key)
+    if cache is None and kernel is not None:
+        cache = _evaluate(path.target(a), extra, pop.x)
+    scale, aux = scale_fn(pop)
+    pop, cache, extra, info = move(k_move, pop, cache, kernel, path.target(a), step_size, scale,
+                                   num_moves, None, scheme, extra, hook, hook_first)
+    pop, cess, dead, failed = reweight(pop, path.increment(pop.x, cache, a, b))
+    khat_before = khat(pop.log_weights)
+    pop, cache, extra, res = resample_if(k_res, pop, threshold, scheme, cache, extra)
+    res = res._replace(resampled=res.resampled.astype(jnp.int32))
+    # The cache is γ_a's: it stays valid at b only if the path shares one cache for all points.
+    cache = cache if _shared(path) else None
+    return pop, cache, extra, aux, StageInfo(
+        cess, khat_before, info.move_cess, info.noise, info.acceptance, res,
+        dead + info.num_dead, info.jump, info.num_divergent, failed + info.num_failed)
+
+
+def _bridge(key, pop, cache, path, a, b, kernel, step_size, scale_fn, threshold, scheme, extra,
+            hook, hook_first):
+    """One move that crosses ``a → b`` itself (its increment is the whole Crooks term), then
+    a resampling check (none when ``threshold`` is None)."""
+    start, end = path.target(a), path.target(b)
+    if cache is None:
+        cache = _evaluate(start, extra, pop.x)
+    scale, aux = scale_fn(pop)
+    crossing = Crossing(start, end, a, b)
+    zero_i = jnp.zeros((), jnp.int32)
+    pop, cache, extra, dead, r, (cess, acc, moved, div), inc = _one_move(
+        key, pop, cache, extra, (zero_i, zero_i), kernel, lambda _: crossing, step_size, scale,
+        threshold, scheme, hook, hook_first)
+    res = _no_resampling(pop) if r is None else r._replace(
+        resampled=r.resampled.astype(jnp.int32))
+    nan = jnp.full((), jnp.nan, pop.log_weights.dtype)
+    # The move's increment is the stage's: its CESS is both; k-hat is not computed (NaN).
+    return pop, cache, extra, aux, StageInfo(
+        cess, nan, cess, -jnp.log(jnp.clip(cess, 1e-30, 1.0)), acc, res, dead[0], moved, div,
+        dead[1], inc)
+
+
+def advance(key, pop, cache, path, a, b, kernel, step_size, scale_fn, num_moves, threshold,
+            scheme="systematic", extra=None, hook=None, hook_first=False, *, move_first=False,
+            waste_free=False, revive=True):
+    """One stage along ``path`` (a value of :mod:`numpyro_jarzynski.engine.path`) from point
+    ``a`` to point ``b``: the front-ends supply their path and their moves, the stage does the
+    rest.
+
+    * default: :func:`step` with the path's work ``ΔA = log γ_b − log γ_a`` at the walkers and
+      moves at ``γ_b`` (``waste_free``: :func:`step_waste_free`, chains of ``num_moves + 1``);
+    * ``move_first``: ``num_moves`` moves at ``γ_a`` (no resampling between them), then the
+      work at the moved walkers, then the resampling check: the EBM trainer's order (the
+      work must be evaluated at walkers drawn after ``θ_b`` was chosen from them);
+    * a bridging move (``kernel.bridging``, e.g. the interpolant's Euler–Maruyama step) crosses
+      ``a → b`` itself: it runs once, with a :class:`~.path.Crossing` of the two targets as
+      its target, and the stage books no work at fixed walkers.
+
+    ``cache``: the target's cache at ``a`` for the walkers (``None``: evaluated here). A path
+    whose cache serves every point (``path.shared_cache``, tempering's split cache) carries it
+    through; otherwise the moves at ``b`` evaluate it afresh. ``revive``: dead walkers get a
+    live position at the end (:func:`~.population.replace_dead`; their weight stays zero).
+
+    Returns ``(pop, cache, extra, aux, StageInfo)``; the cache is ``b``'s (``None`` after
+    ``move_first`` on a path without a shared cache).
+    """
+    if getattr(kernel, "bridging", False):
+        if num_moves != 1 or waste_free or move_first:
+            raise ValueError("a bridging move crosses the stage once: num_moves=1, no "
+                             "waste_free, no move_first.")
+        out = _bridge(key, pop, cache, path, a, b, kernel, step_size, scale_fn, threshold,
+                      scheme, extra, hook, hook_first)
+    elif move_first:
+        out = _move_then_reweight(key, pop, cache, path, a, b, kernel, step_size, scale_fn,
+                                  num_moves, threshold, scheme, extra, hook, hook_first)
+    else:
+        if cache is None and _shared(path):
+            cache = _evaluate(path.target(a), extra, pop.x)
+        increment = path.increment(pop.x, cache, a, b)
+        cache = cache if _shared(path) else None
+        if waste_free:
+            if cache is None and kernel is not None:
+                cache = _evaluate(path.target(b), extra, pop.x)
+            out = step_waste_free(key, pop, cache, increment, kernel, path.target(b), step_size,
+                                  scale_fn, num_moves + 1, scheme, extra, hook, hook_first)
+        else:
+            out = step(key, pop, cache, increment, kernel, path.target(b), step_size, scale_fn,
+                       num_moves, threshold, scheme, extra, hook, hook_first)
+    if not revive:
+        return out
+    pop, cache, extra, aux, info = out
+    pop, cache, extra = replace_dead(pop, cache, extra)
+    return pop, cache, extra, aux, info
+
+
+__all__ = ["MoveInfo", "StageInfo", "SweepMove", "advance", "deaths", "failures", "jump",
+           "khat", "move", "reweight", "step", "step_waste_free", "worse"]
