@@ -52,6 +52,7 @@ import numpy as np
 
 from numpyro_jarzynski.engine import kernels as K
 from numpyro_jarzynski.engine import moves as M
+from numpyro_jarzynski.engine import path as P
 from numpyro_jarzynski.engine import stage as S
 from numpyro_jarzynski.engine import weights as W
 from numpyro_jarzynski.engine.population import (
@@ -306,21 +307,14 @@ def _choose_beta(config, state, cess_of):
     return jnp.where(after | (remaining <= 1), 1.0, beta_b)
 
 
-def _work_cess(log_w, log_lik, beta_a):
-    """CESS of the annealing work ``(β_b − β_a) log lik(x)`` as a function of ``β_b``.
+def _work_cess(log_w, path, x, cache, beta_a):
+    """CESS of the path's annealing work ``(β_b − β_a) log lik(x)`` as a function of ``β_b``.
 
     Both moves choose ``β_b`` with it. For ULA the realised increment also carries the
     move's own discretisation term, whose spread does not vanish as ``β_b → β_a``, so a
     criterion on the full increment could stall; the work term is the part ``β_b`` controls.
     """
-    work = _finite(log_lik)
-    return lambda beta_b: W.conditional_ess(log_w, (beta_b - beta_a) * work)
-
-
-def _target(evaluate, beta, disc):
-    """The tempered density ``γ_β`` at fixed discrete state, as a move sees it."""
-    return K.Target(lambda x: evaluate(x, disc), lambda c: c.log_density(beta),
-                    lambda c: c.grad(beta))
+    return lambda beta_b: W.conditional_ess(log_w, path.increment(x, cache, beta_a, beta_b))
 
 
 class _Moved(NamedTuple):
@@ -342,14 +336,16 @@ class _Moved(NamedTuple):
 
 
 def _move_stage(key, state, pop, disc, evaluate, config, kernel):
-    """The engine's stage (:func:`numpyro_jarzynski.engine.stage.step`) on the tempering
-    path: reweight by the annealing work ``(β_b − β_a)·log L`` (``β_b`` chosen on its CESS),
-    resample if the ESS is low, fit the cross-fitted preconditioner, then ``num_moves`` moves
-    of ``kernel`` at ``γ_b``, each followed (or preceded) by the Gibbs update of the discrete
-    sites when the model has any."""
+    """The engine's stage (:func:`numpyro_jarzynski.engine.stage.advance`) on the tempering
+    path (:class:`~numpyro_jarzynski.engine.path.TemperingPath`): reweight by the annealing
+    work ``(β_b − β_a)·log L`` (``β_b`` chosen on its CESS), resample if the ESS is low, fit
+    the cross-fitted preconditioner, then ``num_moves`` moves of ``kernel`` at ``γ_b``, each
+    followed (or preceded) by the Gibbs update of the discrete sites when the model has any;
+    dead particles get a live position."""
     beta_a, h = state.beta, state.step_size
-    beta_b = _choose_beta(config, state, _work_cess(pop.log_weights, state.cache.log_lik, beta_a))
-    inc = (beta_b - beta_a) * _finite(state.cache.log_lik)
+    path = P.TemperingPath(evaluate)
+    beta_b = _choose_beta(config, state,
+                          _work_cess(pop.log_weights, path, pop.x, state.cache, beta_a))
     gibbs = config.discrete_move
     hook = None
     if gibbs is not None:
@@ -363,19 +359,12 @@ def _move_stage(key, state, pop, disc, evaluate, config, kernel):
             return pop._replace(log_weights=new_w), cache, disc, S.deaths(pop.log_weights, new_w)
 
     continuous = kernel if pop.x.shape[-1] > 0 else None
-    target = lambda d: _target(evaluate, beta_b, d)
     scale_fn = lambda p: crossfit_scale(p, state.scale)
-    if config.waste_free:
-        pop, cache, disc, pooled, info = S.step_waste_free(
-            key, pop, state.cache, inc, continuous, target, h, scale_fn, config.num_moves + 1,
-            config.resampling, extra=disc, hook=hook, hook_first=config.discrete_first,
-        )
-    else:
-        pop, cache, disc, pooled, info = S.step(
-            key, pop, state.cache, inc, continuous, target, h, scale_fn, config.num_moves,
-            config.resample_threshold, config.resampling, extra=disc, hook=hook,
-            hook_first=config.discrete_first,
-        )
+    pop, cache, disc, pooled, info = S.advance(
+        key, pop, state.cache, path, beta_a, beta_b, continuous, h, scale_fn, config.num_moves,
+        config.resample_threshold, config.resampling, extra=disc, hook=hook,
+        hook_first=config.discrete_first, waste_free=config.waste_free,
+    )
     return _Moved(pop, cache, disc, beta_b, info.cess, info.move_cess, info.noise,
                   info.acceptance, info.resample, info.khat_before, info.num_dead, info.jump,
                   info.num_divergent), pooled
@@ -444,7 +433,6 @@ def _stage(state, evaluate, codec, config):
     num_dead = moved.num_dead
 
     res = moved.resample
-    pop, cache, disc = replace_dead(pop, cache, disc)
     log_z = pop.log_evidence
     ess = W.ess(pop.log_weights)
     khat = _khat(pop.log_weights)
