@@ -3,6 +3,7 @@ log Z of a latent EBM), exactness of the Gibbs sweeps, and Jarzynski weights alo
 paths whose log Z is known (Gaussian energies; a small RBM by enumeration)."""
 
 import itertools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +16,9 @@ from numpyro.infer import MCMC
 
 from numpyro_jarzynski.ebm import BernoulliRBM, EnergyDistribution, GaussianBernoulliRBM
 from numpyro_jarzynski.ebm import walkers as WK
+from numpyro_jarzynski.engine import stage as S
 from numpyro_jarzynski.engine import weights as W
-from numpyro_jarzynski.engine.population import Population, maybe_resample
+from numpyro_jarzynski.engine.population import Population
 from numpyro_jarzynski.infer import JarzynskiSMC
 
 
@@ -155,19 +157,37 @@ def test_latent_energy_models_under_jarzynski_smc():
     np.testing.assert_allclose(v_mean, jnp.exp(log_w_mix) @ means, atol=0.1)
 
 
+class _MovesAt(NamedTuple):
+    """The parameter path with its moves at a fixed point (the biased order's θ_{k+1})."""
+
+    path: Any
+    at: Any
+
+    def increment(self, x, cache, a, b):
+        return self.path.increment(x, None, a, b)  # the cache is `at`'s, not a's
+
+    def target(self, point):
+        return self.path.target(self.at)
+
+
 def _follow_path(key, make, thetas, x0, num_moves, step_size, correct_order=True):
-    """Walkers along fn_{θ_0} → … → fn_{θ_K}: move with θ_k, reweight at the moved state by
-    log γ_{k+1} − log γ_k, resample on low ESS (exactly what the trainer does per update).
-    ``correct_order=False`` moves with θ_{k+1} before reweighting (the biased order)."""
+    """Walkers along fn_{θ_0} → … → fn_{θ_K} with the trainer's stage
+    (:func:`walkers.advance`: move with θ_k, reweight at the moved state by
+    log γ_{k+1} − log γ_k, resample on low ESS). ``correct_order=False`` moves with θ_{k+1}
+    before reweighting (the biased order), in the same stage."""
     pop = Population(x0, jnp.zeros(x0.shape[0]), jnp.zeros(()))
+    unit = jnp.ones(x0.shape[1:])
 
     def body(pop, inp):
         k, theta_a, theta_b = inp
-        k_move, k_res = jax.random.split(k)
         fn_a, fn_b = make(theta_a), make(theta_b)
-        x, inc = WK.move(k_move, fn_a if correct_order else fn_b, pop.x, num_moves, step_size)
-        lw = W.add_increment(pop.log_weights, inc + WK.parameter_increment(fn_a, fn_b, x))
-        pop, _ = maybe_resample(k_res, Population(x, lw, pop.log_z_banked), 0.5)
+        if correct_order:
+            pop, _ = WK.advance(k, pop, fn_a, fn_b, num_moves, step_size, 0.5)
+        else:
+            path = _MovesAt(WK.parameter_path(fn_b), fn_b)
+            pop, _, _, _, _ = S.advance(k, pop, None, path, fn_a, fn_b, WK.kernel(fn_b),
+                                        step_size, lambda p: (unit, None), num_moves, 0.5,
+                                        move_first=True)
         return pop, None
 
     num = jax.tree.leaves(thetas)[0].shape[0]

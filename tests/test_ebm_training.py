@@ -116,7 +116,8 @@ def _teacher_student(method, runs, steps=300):
 def test_teacher_student_mixture_jarzynski_recovers_light_mode_pcd_and_cd_do_not():
     states, stats, params = _teacher_student("jarzynski", 4)
     mass = np.asarray(jax.nn.softmax(params["a"])[:, 0])
-    assert np.all(np.abs(mass - 0.25) < 0.03), mass
+    # Run-to-run sd of the learned mass ≈ 0.014 (12 runs): 0.04 is ≈ 3 sd per run.
+    assert np.all(np.abs(mass - 0.25) < 0.04), mass
     np.testing.assert_allclose(np.asarray(params["mu"]), np.tile([-10.0, 6.0], (4, 1)), atol=0.3)
     est = np.asarray(states.log_z_banked + jax.vmap(log_mean_exp)(states.log_weights))
     exact = np.asarray(logsumexp(params["a"], -1) + 0.5 * np.log(2 * np.pi))

@@ -29,6 +29,12 @@ the second term from the walkers ``Σ_i W_i ∇ log γ_θ(x_i)``. One update, at
 3. ``jarzynski`` only: add ``log γ_{θ_{k+1}}(x) − log γ_{θ_k}(x)`` at the moved walkers and
    resample (banking ``log Z``) when the ESS is below ``resample_threshold``.
 
+Steps 2–3 are the engine's stage (:func:`numpyro_jarzynski.engine.stage.advance`, in its
+``move_first`` order) on the parameter path
+(:class:`~numpyro_jarzynski.engine.path.ParameterPath`, point ``θ``), through
+:func:`numpyro_jarzynski.ebm.walkers.advance`; ``pcd`` and ``cd`` run the same moves
+(:func:`numpyro_jarzynski.ebm.walkers.move`) and drop their weights.
+
 The order matters twice: the work is evaluated *after* the move with ``θ_k`` (design notes
 §3), and at states drawn after ``θ_{k+1}`` was chosen from the walkers (otherwise the gradient
 step, which lowers ``log γ`` at those very walkers, biases ``log Z`` down by ``O(lr/N)`` a step).
@@ -75,7 +81,7 @@ from numpyro.distributions.transforms import biject_to
 from numpyro_jarzynski.ebm import walkers as WK
 from numpyro_jarzynski.ebm.energy import EnergyBasedDistribution
 from numpyro_jarzynski.engine import weights as W
-from numpyro_jarzynski.engine.population import Population, maybe_resample, replace_dead
+from numpyro_jarzynski.engine.population import Population
 
 METHODS = ("jarzynski", "pcd", "cd")
 
@@ -353,7 +359,7 @@ class EBMTrainer:
         return kept, stats
 
     def _raw_update(self, state, args, kwargs):
-        key, k_cd, k_move, k_res = jax.random.split(state.rng_key, 4)
+        key, k_cd, k_move = jax.random.split(state.rng_key, 3)
         fn_k, data = self._site_fn(state.params, args, kwargs)
         x = state.walkers
         if self.method == "cd":  # CD-k: restart at data, k moves, then the gradient
@@ -376,25 +382,24 @@ class EBMTrainer:
         dead = jnp.zeros((), jnp.int32)
         bad_walkers = jnp.zeros((), bool)
         if self.method == "jarzynski":
-            # Move with θ_k (Gibbs: exact; ULA: Crooks increment), then add the work
-            # log γ_{k+1} − log γ_k at the moved state. Moving with θ_{k+1} first is biased.
-            x_old = x
-            x, inc = WK.move(k_move, fn_k, x, self.num_moves, self.step_size)
+            # The engine's stage on the parameter path, moves first: move with θ_k (Gibbs:
+            # exact; ULA: Crooks increment), then add the work log γ_{k+1} − log γ_k at the
+            # moved state, resample if the ESS is low, revive dead walkers at a live
+            # position. Moving with θ_{k+1} first is biased.
             fn_next, _ = self._site_fn(params, args, kwargs)
-            inc = inc + WK.parameter_increment(fn_k, fn_next, x)
+            correction = None
             if self.self_influence_correction:
-                inc = inc + self._self_influence(
-                    state, params, grads, x_old, x, pop.log_weights, args, kwargs
-                )
-            alive = jnp.isfinite(pop.log_weights)
-            pop = Population(x, W.add_increment(pop.log_weights, inc), pop.log_z_banked)
+                def correction(x_new):
+                    return self._self_influence(state, params, grads, x, x_new,
+                                                pop.log_weights, args, kwargs)
+            pop, info = WK.advance(k_move, pop, fn_k, fn_next, self.num_moves, self.step_size,
+                                   self.resample_threshold, self.resampling, correction)
             # Deaths from a non-finite increment (NaN/inf energy, a diverging move); walkers
             # dropped for a weight below e^-1000 of the heaviest are the ESS collapse's story.
-            dead = jnp.sum(alive & ~jnp.isfinite(inc)).astype(jnp.int32)
+            dead = info.num_failed
             bad_walkers = ~jnp.any(jnp.isfinite(pop.log_weights))
-            ess = W.ess(pop.log_weights)
-            pop, resampled = maybe_resample(k_res, pop, self.resample_threshold, self.resampling)
-            (pop,) = replace_dead(pop)
+            ess = info.resample.ess_before
+            resampled = info.resample.resampled > 0
         elif self.method == "pcd":
             x, _ = WK.move(k_move, fn_k, x, self.num_moves, self.step_size)
             bad_walkers = ~jnp.all(jnp.isfinite(fn_k.unnormalized_log_prob(x)))

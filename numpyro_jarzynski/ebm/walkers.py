@@ -1,23 +1,31 @@
-"""Walker moves for energy models, on top of the engine (population, moves, weights).
+"""Walker moves for energy models: the engine's stage on the training path.
 
-Two kernels, chosen by the distribution:
+Two kernels, chosen by the distribution (:func:`kernel`):
 
-* **block Gibbs** (RBMs: ``fn.block_gibbs``): exact for the current parameters, so a move adds
-  no weight; changing the parameters ``θ_a → θ_b`` adds ``log γ_b(x) − log γ_a(x)`` at the
-  walker's (already moved) state. Order matters (design notes §3): move with ``θ_a`` *then*
-  reweight at the moved state; moving with ``θ_b`` and then reweighting is biased.
+* **block Gibbs** (RBMs: ``fn.block_gibbs``, as a :class:`~numpyro_jarzynski.engine.stage.SweepMove`):
+  exact for the current parameters, so a move adds no weight; changing the parameters
+  ``θ_a → θ_b`` adds ``log γ_b(x) − log γ_a(x)`` at the walker's (already moved) state. Order
+  matters (design notes §3): move with ``θ_a`` *then* reweight at the moved state; moving with
+  ``θ_b`` and then reweighting is biased.
 * **ULA** (continuous energies, the engine's :class:`~numpyro_jarzynski.engine.kernels.ULA`
   move value): not invariant, so every move adds its Crooks increment; the parameter change
   is then the same annealing work ``log γ_b(x) − log γ_a(x)``.
 
-:func:`anneal_from_base` gives the initial walkers and ``log Z_θ0`` by annealing the tempered-site
-protocol ``base(x)·exp(β·tilt(x))`` from ``β = 0`` (exact draws) to 1.
+The path is :class:`~numpyro_jarzynski.engine.path.ParameterPath` with the energy
+distribution at ``θ`` as its point (:func:`parameter_path`); :func:`advance` is the trainer's
+update of the walkers, :func:`numpyro_jarzynski.engine.stage.advance` in its ``move_first``
+order. :func:`anneal_from_base` gives the initial walkers and ``log Z_θ0`` by annealing the
+tempered-site protocol ``base(x)·exp(β·tilt(x))`` from ``β = 0`` (exact draws) to 1, the same
+stage on a :class:`~numpyro_jarzynski.engine.path.TemperingPath`.
 """
+
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from numpyro_jarzynski.engine import kernels as K
+from numpyro_jarzynski.engine import path as P
 from numpyro_jarzynski.engine import stage as S
 from numpyro_jarzynski.engine.population import Population
 
@@ -26,43 +34,91 @@ def uses_gibbs(fn):
     return hasattr(fn, "block_gibbs")
 
 
-def _ula_moves(key, x, log_prob, step_size, num_moves):
-    """``num_moves`` ULA moves at ``log_prob``; returns ``(x, Σ Crooks increments)``."""
-    target = K.density_target(log_prob)
-    ones = jnp.ones(x.shape[-1], x.dtype)
-    x, _, inc, _ = K.run_moves(K.ULA(), key, x, target.evaluate(x), target, step_size, ones,
-                               num_moves)
-    return x, inc
+def _log_gamma(fn, x):
+    return fn.unnormalized_log_prob(x)
+
+
+def parameter_path(fn):
+    """The training path ``log γ_θ = fn_θ.unnormalized_log_prob``, its points the energy
+    distributions ``fn_θ`` (differentiated for ULA walkers, not for Gibbs walkers)."""
+    return P.ParameterPath(_log_gamma, differentiable=not uses_gibbs(fn))
+
+
+def kernel(fn):
+    """The move value for walkers of ``fn``: its block Gibbs sweep, or ULA."""
+    if uses_gibbs(fn):
+        return S.SweepMove(fn.block_gibbs)
+    return K.ULA()
+
+
+def _unit_scale(pop):
+    return jnp.ones(pop.x.shape[1:], pop.log_weights.dtype), None
 
 
 def move(key, fn, x, num_moves, step_size):
-    """Move walkers ``num_moves`` times with the kernel of ``fn`` at its current parameters.
+    """Move walkers ``num_moves`` times with the kernel of ``fn`` at its current parameters
+    (:func:`numpyro_jarzynski.engine.stage.move`, no resampling).
 
     Returns ``(x_new, log-weight increment)``: zero for exact Gibbs, the summed Crooks
-    increments for ULA (weights then stay exact for ``fn`` whatever the step size).
+    increments for ULA (weights then stay exact for ``fn`` whatever the step size; ``−inf``
+    for a walker whose increment failed). CD and PCD use ``x_new`` alone.
     """
-    if uses_gibbs(fn):
-        def body(v, k):
-            return fn.block_gibbs(k, v), None
-
-        x, _ = jax.lax.scan(body, x, jax.random.split(key, num_moves))
-        return x, jnp.zeros(x.shape[0], x.dtype)
-    return _ula_moves(key, x, fn.unnormalized_log_prob, step_size, num_moves)
+    dtype = jnp.result_type(float)
+    pop = Population(x, jnp.zeros(x.shape[0], dtype), jnp.zeros((), dtype))
+    target = parameter_path(fn).target(fn)
+    cache = None if target.evaluate is None else target.evaluate(x)
+    pop, _, _, _ = S.move(key, pop, cache, kernel(fn), target, step_size, _unit_scale(pop)[0],
+                          num_moves, None)
+    return pop.x, pop.log_weights
 
 
 def parameter_increment(fn_a, fn_b, x):
     """Annealing work of a parameter change at fixed walkers: ``log γ_b(x) − log γ_a(x)``."""
-    return fn_b.unnormalized_log_prob(x) - fn_a.unnormalized_log_prob(x)
+    return parameter_path(fn_a).increment(x, None, fn_a, fn_b)
+
+
+class _Corrected(NamedTuple):
+    """A path whose work carries a per-walker correction ``correction(x)`` at the moved walkers
+    (the trainer's self-influence term)."""
+
+    path: Any
+    correction: Any
+
+    def increment(self, x, cache, a, b):
+        return self.path.increment(x, cache, a, b) + self.correction(x)
+
+    def target(self, point):
+        return self.path.target(point)
+
+
+def advance(key, pop, fn_a, fn_b, num_moves, step_size, resample_threshold,
+            resampling="systematic", correction=None):
+    """The walkers' part of a training update ``θ_a → θ_b``: ``num_moves`` moves with the
+    kernel of ``fn_a`` (no resampling between them, so ``correction`` may refer to the walkers
+    before the moves), the work ``log γ_b − log γ_a`` (+ ``correction(x)``) at the moved
+    walkers, a resampling check, dead walkers revived at a live position.
+
+    Returns ``(pop, StageInfo)``."""
+    path = parameter_path(fn_a)
+    if correction is not None:
+        path = _Corrected(path, correction)
+    pop, _, _, _, info = S.advance(key, pop, None, path, fn_a, fn_b, kernel(fn_a), step_size,
+                                   _unit_scale, num_moves, resample_threshold, resampling,
+                                   move_first=True)
+    return pop, info
 
 
 def anneal_from_base(key, fn, num_walkers, num_stages, step_size, num_moves=1,
                      resample_threshold=0.5, resampling="systematic"):
     """Walkers for ``fn`` by annealing ``base·exp(β·tilt)``, β = k/K, from exact base draws.
 
-    Discrete distributions move with ``fn.gibbs_sweep(key, x, β)`` (exact at β, weight =
-    work ``Δβ·tilt`` before the move); continuous ones with ULA and the Crooks increment.
-    Returns a :class:`Population` whose ``log_evidence`` estimates ``log Z`` relative to the
-    base (the absolute ``log Z`` for RBMs, whose tilt includes the base's normaliser).
+    The engine's stage on the tempering path of ``fn``'s tempered-site protocol: book the
+    work ``Δβ·tilt`` (read from the split cache), resample if the ESS is low, then move at
+    ``β_b``. Discrete distributions move with ``fn.gibbs_sweep(key, x, β)`` (exact at β, no
+    increment); continuous ones with ULA and its Crooks increments (a resampling check after
+    each move). Returns a :class:`Population` whose ``log_evidence`` estimates ``log Z``
+    relative to the base (the absolute ``log Z`` for RBMs, whose tilt includes the base's
+    normaliser).
     """
     base = fn.tempering_base()
     k0, key = jax.random.split(key)
@@ -72,27 +128,22 @@ def anneal_from_base(key, fn, num_walkers, num_stages, step_size, num_moves=1,
     pop = Population(x, jnp.zeros(num_walkers, dtype), jnp.zeros((), dtype))
     betas = jnp.linspace(0.0, 1.0, num_stages + 1, dtype=dtype)
     discrete = fn.support.is_discrete
+    path = P.TemperingPath(P.split_evaluator(base.log_prob, fn.tempering_log_tilt,
+                                             differentiable=not discrete))
+    cache = path.evaluate(x, None)
 
-    ones = jnp.ones(x.shape[1:], dtype)
-
-    def stage(pop, inp):
-        # The engine's stage (engine.stage.step) on the path base·exp(β·tilt): book the work
-        # Δβ·tilt, resample if the ESS is low, then move at β_b (Gibbs: exact, no increment;
-        # ULA: its Crooks terms, with a resampling check after each move).
+    def stage(carry, inp):
+        pop, cache = carry
         k, beta_a, beta_b = inp
-        inc = (beta_b - beta_a) * fn.tempering_log_tilt(pop.x)
         if discrete:
-            kernel = S.SweepMove(lambda kk, v: fn.gibbs_sweep(kk, v, beta_b))
-            target = K.Target(lambda v: jnp.zeros(v.shape[0], dtype), None, None)
+            move_value = S.SweepMove(lambda kk, v: fn.gibbs_sweep(kk, v, beta_b))
         else:
-            kernel = K.ULA()
-            target = K.density_target(
-                lambda xi: base.log_prob(xi) + beta_b * fn.tempering_log_tilt(xi))
-        pop, _, _, _, info = S.step(k, pop, None, inc, kernel, target, step_size,
-                                    lambda p: (ones, None), num_moves, resample_threshold,
-                                    resampling)
-        return pop, info.resample.resampled
+            move_value = K.ULA()
+        pop, cache, _, _, _ = S.advance(k, pop, cache, path, beta_a, beta_b, move_value,
+                                        step_size, _unit_scale, num_moves, resample_threshold,
+                                        resampling)
+        return (pop, cache), None
 
     keys = jax.random.split(key, num_stages)
-    pop, _ = jax.lax.scan(stage, pop, (keys, betas[:-1], betas[1:]))
+    (pop, _), _ = jax.lax.scan(stage, (pop, cache), (keys, betas[:-1], betas[1:]))
     return pop

@@ -14,8 +14,14 @@ started from ``ρ_0`` has marginals ``ρ_t``. Its Euler–Maruyama discretisatio
     E_{ρ_1}[f] ≈ Σ_i \\mathrm{softmax}(A)_i f(x_i), \\qquad
     \\log(Z_1/Z_0) ≈ \\log \\tfrac1N Σ_i e^{A_i}\\ (+ \\text{banked resampling constants}).
 
-The walkers, weights, resampling and log Z bookkeeping are the package's engine
-(:mod:`numpyro_jarzynski.engine.population`); this module only supplies the moves.
+Each time step is the engine's stage (:func:`numpyro_jarzynski.engine.stage.advance`) on the
+generation path :class:`~numpyro_jarzynski.engine.path.GenerationPath` (``log γ(x, t) =
+log ρ_t(x)``) with one of two move values, :class:`EulerMaruyama` (scheme A) and
+:class:`TransportLangevin` (scheme B). Both *bridge* the path: one move takes the walkers from
+``t`` to ``t + h`` and its increment is the whole Crooks term
+``log ρ_{t+h}(x') L(x|x') − log ρ_t(x) M(x'|x)``, so the stage books no work at fixed walkers;
+it reweights by the move's increment, resamples when the ESS is below ``resample_threshold``
+and gives dead walkers a live position. This module supplies the moves only.
 
 Dead walkers. A walker whose ``log γ_t`` or increment is NaN/inf gets weight zero
 (``A = −inf``); the estimates are then those of the density restricted to where it is finite.
@@ -30,6 +36,7 @@ first step. The pure :meth:`InterpolantSampler.integrate` never raises: pass its
 
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import jax
@@ -37,14 +44,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from numpyro_jarzynski.engine import kernels as K
+from numpyro_jarzynski.engine import stage as S
 from numpyro_jarzynski.engine import weights as W
 from numpyro_jarzynski.engine.moves import em_log_increment, transport_log_increment
-from numpyro_jarzynski.engine.population import (
-    init_population,
-    maybe_resample,
-    replace_dead,
-    reweight,
-)
+from numpyro_jarzynski.engine.path import GenerationPath
+from numpyro_jarzynski.engine.population import init_population
 
 SCHEMES = ("A", "B")
 
@@ -81,10 +85,80 @@ class GenerationResult(NamedTuple):
         return jnp.sum(self.deaths, -1)
 
 
-class _Cache(NamedTuple):
-    log_p: jax.Array  # (N,) log γ_t(x)
-    score: jax.Array  # (N, d) ∇ log γ_t(x)
-    velocity: jax.Array  # (N, d) b_t(x) (scheme A reuses it; scheme B recomputes with ∇b)
+def _accept_proxy(log_ratio):
+    return jnp.where(jnp.isfinite(log_ratio), jnp.exp(jnp.minimum(log_ratio, 0.0)), 0.0)
+
+
+@dataclass(frozen=True)
+class EulerMaruyama:
+    """Scheme A as a move value: one Euler–Maruyama step of the generative SDE from ``t`` to
+    ``t' = t + h``, ``x' = x + h (b_t + ε s_t)(x) + √(2εh) ξ``, weighted by its Crooks increment
+    against the reverse-time EM step (drift ``b_{t'} − ε s_{t'}`` at ``x'``) as the backward
+    kernel (:func:`~numpyro_jarzynski.engine.moves.em_log_increment`).
+
+    A bridging move: its ``target`` is a :class:`~numpyro_jarzynski.engine.path.Crossing` of
+    the generation path's targets at ``t`` and ``t'`` (with the times), ``step_size`` is the
+    noise level ``ε`` of the step, ``scale`` is unused. The cache is a
+    :class:`~numpyro_jarzynski.engine.path.TimeCache` with the velocity, which the next step
+    reuses as its forward drift."""
+
+    velocity: Callable  # (t, x_i) -> b_t(x_i)
+
+    name = "em"
+    invariant = False
+    bridging = True
+
+    def step(self, key, x, cache, target, step_size, scale):
+        start, end, t, t_next = target
+        h, eps = t_next - t, step_size
+        drift_fwd = cache.velocity + eps * start.grad(cache)
+        noise = jax.random.normal(key, x.shape, x.dtype)
+        x_new = x + h * drift_fwd + jnp.sqrt(2 * eps * h) * noise
+        c_new = end.evaluate(x_new)
+        b_new = jax.vmap(self.velocity, (None, 0))(t_next, x_new)
+        drift_bwd = b_new - eps * end.grad(c_new)
+        inc = em_log_increment(x, x_new, start.log_density(cache), end.log_density(c_new),
+                               drift_fwd, drift_bwd, h, eps)
+        return K.MoveResult(x_new, c_new._replace(velocity=b_new), inc, _accept_proxy(inc),
+                            ~jnp.isfinite(inc))
+
+
+@dataclass(frozen=True)
+class TransportLangevin:
+    """Scheme B as a move value: the transport ``x̃ = x + h b_t(x)`` (increment
+    ``log ρ_{t'}(x̃) − log ρ_t(x) + log|det(I + h∇b_t)|``,
+    :func:`~numpyro_jarzynski.engine.moves.transport_log_increment`, with ``∇b`` by
+    ``jacfwd``), then the engine's :class:`~numpyro_jarzynski.engine.kernels.ULA` move at
+    ``ρ_{t'}`` with step ``εh`` and its Crooks increment. A bridging move, called as
+    :class:`EulerMaruyama`."""
+
+    velocity: Callable  # (t, x_i) -> b_t(x_i)
+
+    name = "transport-langevin"
+    invariant = False
+    bridging = True
+
+    def _velocity_and_jacobian(self, t, x):
+        def with_value(xi):
+            b = self.velocity(t, xi)
+            return b, b
+
+        jac, b = jax.vmap(jax.jacfwd(with_value, has_aux=True))(x)
+        return b, jac
+
+    def step(self, key, x, cache, target, step_size, scale):
+        start, end, t, t_next = target
+        h, eps = t_next - t, step_size
+        b, jac = self._velocity_and_jacobian(t, x)
+        x_mid = x + h * b
+        c_mid = end.evaluate(x_mid)
+        inc_transport = transport_log_increment(start.log_density(cache), end.log_density(c_mid),
+                                                jac, h)
+        ones = jnp.ones(x.shape[-1], x.dtype)
+        out = K.ULA().step(key, x_mid, c_mid, end, eps * h, ones)
+        inc = inc_transport + out.log_increment
+        return K.MoveResult(out.x, out.cache, inc, _accept_proxy(inc),
+                            out.diverged | ~jnp.isfinite(inc_transport))
 
 
 def _validated_grid(grid, num_steps):
@@ -179,81 +253,33 @@ class InterpolantSampler:
         self.noise = _validated_noise(noise, self.grid)
         self.resample_threshold = float(resample_threshold)
         self.resampling = resampling
+        self.path = GenerationPath(log_density, score)
+        self.move = (EulerMaruyama if scheme == "A" else TransportLangevin)(velocity)
         self._integrate_jit = jax.jit(self._integrate)
 
-    # --- per-walker evaluations, vmapped over the batch -------------------------------------
-    def _density_and_score(self, t, x):
-        if self.score is None:
-            f = jax.value_and_grad(self.log_density, argnums=1)
-            return jax.vmap(f, (None, 0))(t, x)
-        lp = jax.vmap(self.log_density, (None, 0))(t, x)
-        return lp, jax.vmap(self.score, (None, 0))(t, x)
-
-    def _velocity(self, t, x):
-        return jax.vmap(self.velocity, (None, 0))(t, x)
-
-    def _velocity_and_jacobian(self, t, x):
-        def with_value(xi):
-            b = self.velocity(t, xi)
-            return b, b
-
-        jac, b = jax.vmap(jax.jacfwd(with_value, has_aux=True))(x)
-        return b, jac
-
-    # --- one step of each scheme: (key, x, cache, t, t_next, ε) -> (x', cache', ΔA) ---------
-    def _step_a(self, key, x, cache, t, t_next, eps):
-        h = t_next - t
-        drift_fwd = cache.velocity + eps * cache.score
-        noise = jax.random.normal(key, x.shape, x.dtype)
-        x_new = x + h * drift_fwd + jnp.sqrt(2 * eps * h) * noise
-        log_p_new, score_new = self._density_and_score(t_next, x_new)
-        b_new = self._velocity(t_next, x_new)
-        drift_bwd = b_new - eps * score_new
-        inc = em_log_increment(x, x_new, cache.log_p, log_p_new, drift_fwd, drift_bwd, h, eps)
-        return x_new, _Cache(log_p_new, score_new, b_new), inc
-
-    def _step_b(self, key, x, cache, t, t_next, eps):
-        h = t_next - t
-        b, jac = self._velocity_and_jacobian(t, x)
-        x_mid = x + h * b
-        log_p_mid, score_mid = self._density_and_score(t_next, x_mid)
-        inc_transport = transport_log_increment(cache.log_p, log_p_mid, jac, h)
-        # Then the engine's ULA move value at ρ_{t+h}, step εh, with its Crooks increment.
-        target = K.Target(lambda y: self._density_and_score(t_next, y), lambda c: c[0],
-                          lambda c: c[1])
-        ones = jnp.ones(x.shape[-1], x.dtype)
-        out = K.ULA().step(key, x_mid, (log_p_mid, score_mid), target, eps * h, ones)
-        log_p_new, score_new = out.cache
-        return out.x, _Cache(log_p_new, score_new, cache.velocity), inc_transport + out.log_increment
-
-    # --- the scan over time steps -------------------------------------------------------------
+    # --- the scan over time steps: one stage of the engine per step -------------------------
     def _integrate(self, rng_key, x0, times, noise_per_step):
         dtype = x0.dtype
         times = jnp.asarray(times, dtype)
         eps = jnp.asarray(noise_per_step, dtype)
         t0 = times[0]
-        log_p, score = self._density_and_score(t0, x0)
-        b0 = self._velocity(t0, x0) if self.scheme == "A" else jnp.zeros_like(x0)
-        pop = init_population(x0, W.sanitize(jnp.where(jnp.isfinite(log_p), 0.0, -jnp.inf)))
-        step = self._step_a if self.scheme == "A" else self._step_b
+        cache = self.path.evaluate(t0, x0)
+        if self.scheme == "A":
+            cache = cache._replace(velocity=jax.vmap(self.velocity, (None, 0))(t0, x0))
+        pop = init_population(x0, W.sanitize(jnp.where(jnp.isfinite(cache.log_p), 0.0, -jnp.inf)))
+        threshold = self.resample_threshold if self.resample_threshold > 0 else None
+        unit = jnp.ones(x0.shape[-1], dtype)
 
         def body(carry, inputs):
             pop, cache, key, failed = carry
             t, t_next, eps_k = inputs
-            key, key_move, key_resample = jax.random.split(key, 3)
-            x_new, cache_new, inc = step(key_move, pop.x, cache, t, t_next, eps_k)
-            new, _ = reweight(pop._replace(x=x_new), inc)
-            alive = jnp.isfinite(new.log_weights)
-            deaths = jnp.sum(jnp.isfinite(pop.log_weights) & ~alive).astype(jnp.int32)
-            num_alive = jnp.sum(alive).astype(jnp.int32)
-            new, cache_new = replace_dead(new, cache_new)
-            ess = W.ess(new.log_weights)
-            if self.resample_threshold > 0:
-                new, cache_new, did = maybe_resample(
-                    key_resample, new, self.resample_threshold, self.resampling, cache_new
-                )
-            else:
-                did = jnp.zeros((), bool)
+            key, k_stage = jax.random.split(key)
+            alive_before = jnp.sum(jnp.isfinite(pop.log_weights)).astype(jnp.int32)
+            new, cache_new, _, _, info = S.advance(
+                k_stage, pop, cache, self.path, t, t_next, self.move, eps_k,
+                lambda p: (unit, None), 1, threshold, self.resampling)
+            deaths = info.num_dead
+            num_alive = alive_before - deaths
             # Every walker dead: keep the last good population (t_k) and record the failure;
             # once failed, every later step is a no-op.
             dies_now = (~failed) & (num_alive == 0)
@@ -263,15 +289,15 @@ class InterpolantSampler:
             )
             nan = jnp.full((), jnp.nan, dtype)
             out = (
-                jnp.where(frozen, nan, ess),
-                jnp.where(failed, nan, inc),
-                did & ~frozen,
+                jnp.where(frozen, nan, info.resample.ess_before),
+                jnp.where(failed, nan, info.increment),
+                (info.resample.resampled > 0) & ~frozen,
                 jnp.where(failed, 0, deaths),
                 jnp.where(failed, 0, num_alive),
             )
             return (pop, cache, key, frozen), out
 
-        carry = (pop, _Cache(log_p, score, b0), rng_key, jnp.zeros((), bool))
+        carry = (pop, cache, rng_key, jnp.zeros((), bool))
         (pop, _, _, _), (ess, incs, did, deaths, alive) = jax.lax.scan(
             body, carry, (times[:-1], times[1:], eps)
         )
