@@ -65,7 +65,8 @@ def test_trainer_all_walkers_dead_raises_floating_point_error_with_completed_wor
     # The completed chunk (updates 0, 1) and the good part of the failing one (update 2).
     assert err.step == 3 and trainer.last_result is err.result
     assert {k: v.shape for k, v in err.history.items()} == {
-        k: (3,) for k in ("cross_entropy", "log_z", "ess", "resampled", "loss", "param_max", "dead")
+        k: (3,) for k in ("cross_entropy", "log_z", "log_z_grad", "ess", "ess_log_z",
+                          "log_z_mc_var", "resampled", "loss", "param_max", "dead")
     }
     np.testing.assert_allclose(err.history["param_max"], [0.32446682, 0.63093311, 0.91802794],
                                rtol=1e-5)
