@@ -211,6 +211,8 @@ def stage_dataset(mcmc):
         "(about 1 per move for a fresh draw)",
         "num_divergent": "proposals that landed where the density or its gradient is not "
         "finite (rejected, or left in place by unadjusted moves)",
+        "mass_shrinkage": "weight of the diagonal in the stage's fitted mass matrix (1: the "
+        "diagonal, or a dense/low-rank fit that fell back to it)",
     }
     ds = xr.Dataset(
         {k: (("chain", "stage"), v, {"description": attrs.get(k, "")}) for k, v in data.items()},

@@ -20,8 +20,9 @@ Three forms, dispatched on the type:
   sampler pass arrays);
 * :class:`Dense` — a lower-triangular ``L`` (the Cholesky factor of a regularised weighted
   covariance), ``O(N d²)`` per application;
-* :class:`LowRank` — ``L = D^{1/2}(I + U(Λ^{1/2} − I)Uᵀ)`` with ``D`` the diagonal variances
-  and ``U`` (``d × k``, orthonormal columns) ``k`` eigenvectors of the standardised covariance
+* :class:`LowRank` — ``L = D^{1/2}(I + U(Λ^{1/2} − I)Uᵀ)`` with ``D`` a diagonal of variances
+  (fitted: the geometric mean of the marginal and the conditional ones) and ``U`` (``d × k``,
+  orthonormal columns) ``k`` eigenvectors of the standardised covariance
   ``D^{-1/2} Σ D^{-1/2}`` with eigenvalues ``Λ``: ``L Lᵀ = D^{1/2}(I + U(Λ − I)Uᵀ)D^{1/2}``.
   Its inverse is closed form, ``L⁻¹ = (I + U(Λ^{-1/2} − I)Uᵀ) D^{-1/2}``, and every
   application costs ``O(N d k)`` (the form of BlackJAX's ``gaussian_euclidean_low_rank``).
@@ -221,9 +222,11 @@ def fit(mass, log_w, x, fallback):
     """One factor fitted on the weighted particles ``x`` ``(n, d)``: ``(factor, shrinkage)``.
 
     ``diagonal``: the spread ``s`` (shrinkage 1). ``dense``: ``L = diag(s)·chol(C)``.
-    ``low_rank``: the ``k`` eigenpairs of ``C`` whose removal leaves the smallest condition
-    number — ``a`` of the largest and ``k − a`` of the smallest eigenvalues, ``a`` chosen
-    among ``0..k`` (``C`` has both: strong correlation makes large *and* small ones)."""
+    ``low_rank``: ``D^{1/2}`` the geometric mean of the marginal and conditional spreads,
+    ``s·(1/(C⁻¹)_ii)^{1/4}``, and the ``k`` eigenpairs of ``C`` re-standardised by it whose
+    removal leaves the smallest condition number — ``a`` of the largest and ``k − a`` of the
+    smallest eigenvalues, ``a`` chosen among ``0..k`` (strong correlation makes large *and*
+    small ones)."""
     if mass.kind == "diagonal":
         return spread(log_w, x, fallback), jnp.ones((), x.dtype)
     s, c, a = _standardised(log_w, x, fallback)
@@ -234,7 +237,14 @@ def fit(mass, log_w, x, fallback):
         chol = jnp.where(ok, s[:, None] * chol, jnp.diag(s))
         return Dense(chol), jnp.where(ok, a, 1.0).astype(x.dtype)
     k = mass.rank
-    evals, evecs = jnp.linalg.eigh(c)  # ascending
+    # The diagonal: the geometric mean of the marginal and the conditional variances
+    # (``1/(C⁻¹)_ii``), for a Gaussian the ``sqrt(var x / var ∇log γ)`` of Seyboldt's low-rank
+    # metric. The directions left uncorrected then sit between the two scales.
+    e0, v0 = jnp.linalg.eigh(c)
+    cond_var = 1.0 / jnp.sum(v0**2 / jnp.where(e0 > 0, e0, 1.0), axis=1)
+    g = jnp.where(jnp.isfinite(cond_var) & (cond_var > 0), cond_var, 1.0) ** 0.25
+    s = s * g
+    evals, evecs = jnp.linalg.eigh(c / (g[:, None] * g[None, :]))  # ascending
     tops = jnp.arange(k + 1)  # a = number taken from the top
     big = jnp.maximum(evals[d - 1 - tops], 1.0)
     small = jnp.minimum(evals[k - tops], 1.0)

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from numpyro_jarzynski.engine import kernels as K
+from numpyro_jarzynski.engine import preconditioner as P
 from numpyro_jarzynski.engine import weights as W
 from numpyro_jarzynski.engine.path import Crossing
 from numpyro_jarzynski.engine.population import (
@@ -149,11 +150,11 @@ def reweight(pop, increment):
 
 
 def jump(log_weights, x, x_new, scale):
-    """``E_w‖(x' − x)/s‖²/(2d)``: one move's squared jump in units of the scale (about 1 for
-    a move that draws afresh from a Gaussian of spread ``s``)."""
+    """``E_w‖L⁻¹(x' − x)‖²/(2d)``: one move's squared jump in units of the preconditioner
+    (``L = diag(s)``: ``(x' − x)/s``; about 1 for a move that draws afresh from ``N(·, LLᵀ)``)."""
     w = jax.nn.softmax(jnp.where(jnp.isfinite(log_weights), log_weights, -jnp.inf))
     step = x_new - x
-    sq = jnp.square(jnp.where(jnp.isfinite(step), step, 0.0) / scale)
+    sq = jnp.square(P.solve(scale, jnp.where(jnp.isfinite(step), step, 0.0)))
     sq = jnp.sum(sq.reshape(sq.shape[0], -1), axis=-1)
     return jnp.sum(w * sq) / (2.0 * max(math.prod(x.shape[1:]), 1))
 

@@ -19,7 +19,8 @@ falls short is recorded, not hidden (``StageHistory.cess``), and the run report 
 stages would have been needed.
 
 **Step size.** Moves are preconditioned by the weighted per-coordinate spread of the
-population (cross-fitted, diagonal). The dimensionless step ``h`` is adapted between stages
+population (cross-fitted, diagonal by default; a cross-fitted dense or low-rank factor with
+``TemperingConfig.mass``, :mod:`numpyro_jarzynski.engine.preconditioner`). The dimensionless step ``h`` is adapted between stages
 from the previous stage's moves only: invariant moves (MALA, HMC) toward the acceptance
 ``target_accept``; unadjusted moves (ULA, unadjusted HMC) so that the weight noise of a whole
 stage (its moves' Crooks terms at fixed β, measured by their conditional ESS) stays at
@@ -53,6 +54,7 @@ import numpy as np
 from numpyro_jarzynski.engine import kernels as K
 from numpyro_jarzynski.engine import moves as M
 from numpyro_jarzynski.engine import path as P
+from numpyro_jarzynski.engine import preconditioner as PC
 from numpyro_jarzynski.engine import stage as S
 from numpyro_jarzynski.engine import weights as W
 from numpyro_jarzynski.engine.population import (
@@ -98,7 +100,10 @@ class StageHistory(NamedTuple):
     ``num_divergent``: proposals of the stage's moves that landed where the density or its
     gradient is not finite (rejected by adjusted moves; left in place, exactly, by unadjusted
     ones); ``move_index``: the candidate that ``move="auto"`` ran at the stage (an index into
-    ``Auto.candidates``; 0 for a fixed move).
+    ``Auto.candidates``; 0 for a fixed move); ``mass_shrinkage``: the weight of the identity
+    (the diagonal) in the stage's fitted mass matrix, ``5/(ESS_half + 5)`` for a dense or
+    low-rank fit (mean of the two halves), 1 for the diagonal mass or a fit that fell back to
+    it (:mod:`numpyro_jarzynski.engine.preconditioner`).
     """
 
     beta: jax.Array
@@ -117,6 +122,7 @@ class StageHistory(NamedTuple):
     jump: jax.Array
     num_divergent: jax.Array
     move_index: jax.Array
+    mass_shrinkage: jax.Array
 
 
 STAGE_FIELDS = StageHistory._fields
@@ -188,6 +194,7 @@ class TemperingConfig:
     discrete_move: Callable | None = None  # (key, beta, x, disc) -> disc, after each move
     discrete_first: bool = False  # the Gibbs update before the continuous move, not after
     waste_free: bool = False  # resample N/(num_moves+1) and keep every state of their chains
+    mass: Any = PC.DIAGONAL  # the preconditioner fitted per stage (diagonal, dense, low rank)
 
 
 class Codec(NamedTuple):
@@ -260,16 +267,15 @@ def init_state(rng_key, z, log_weights, cache, step_size, num_stages, codec, aut
     )
 
 
-def _spread(log_w, x, fallback):
-    """Weighted per-coordinate spread; ``fallback`` where it is degenerate (all dead → NaN)."""
-    s = W.weighted_std(log_w, x)
-    return jnp.where(s > 1e-12, s, fallback)
+_spread = PC.spread
 
 
-def crossfit_scale(pop, fallback):
-    """Per-particle preconditioner ``(N, d)``: each half of the population is scaled by the
-    weighted spread of the *other* half. Also returns the pooled ``(d,)`` spread, kept in the
-    state as the fallback for the next stage.
+def crossfit_scale(pop, fallback, mass=PC.DIAGONAL):
+    """Cross-fitted preconditioner: each half of the population is moved with the factor
+    fitted on the *other* half (diagonal: a per-particle ``(N, d)`` spread; dense or low rank:
+    a stacked factor, :func:`numpyro_jarzynski.engine.preconditioner.crossfit`). Also returns
+    ``(pooled, shrinkage)``: the pooled ``(d,)`` spread, kept in the state as the fallback for
+    the next stage, and the weight of the identity in the fit (``StageHistory``).
 
     A scale estimated from the particles it then moves feeds each particle's own position
     back into its kernel. MALA's weights do not depend on the kernel, but ULA's Crooks
@@ -278,12 +284,8 @@ def crossfit_scale(pop, fallback):
     sorted (:func:`numpyro_jarzynski.engine.population.resample`), so copies of one
     ancestor sit together and land in the same half.
     """
-    n = pop.log_weights.shape[0]
-    half = n // 2
-    s_first = _spread(pop.log_weights[:half], pop.x[:half], fallback)
-    s_second = _spread(pop.log_weights[half:], pop.x[half:], fallback)
-    in_first = (jnp.arange(n) < half)[:, None]
-    return jnp.where(in_first, s_second, s_first), 0.5 * (s_first + s_second)
+    scale, pooled, shrinkage = PC.crossfit(mass, pop.log_weights, pop.x, fallback)
+    return scale, (pooled, shrinkage)
 
 
 def _choose_beta(config, state, cess_of):
@@ -359,7 +361,7 @@ def _move_stage(key, state, pop, disc, evaluate, config, kernel):
             return pop._replace(log_weights=new_w), cache, disc, S.deaths(pop.log_weights, new_w)
 
     continuous = kernel if pop.x.shape[-1] > 0 else None
-    scale_fn = lambda p: crossfit_scale(p, state.scale)
+    scale_fn = lambda p: crossfit_scale(p, state.scale, config.mass)
     pop, cache, disc, pooled, info = S.advance(
         key, pop, state.cache, path, beta_a, beta_b, continuous, h, scale_fn, config.num_moves,
         config.resample_threshold, config.resampling, extra=disc, hook=hook,
@@ -430,6 +432,7 @@ def _stage(state, evaluate, codec, config):
         idx, auto = jnp.zeros((), jnp.int32), state.auto
         moved, pooled, new_h = _run_kernel(k_stage, state, pop, disc, evaluate, config, kernel, h)
     pop, cache, disc, beta_b = moved.pop, moved.cache, moved.disc, moved.beta_b
+    pooled, shrinkage = pooled
     num_dead = moved.num_dead
 
     res = moved.resample
@@ -447,6 +450,7 @@ def _stage(state, evaluate, codec, config):
         "resampled": res.resampled.astype(jnp.int32), "pareto_khat": khat,
         "pareto_khat_before_resampling": moved.khat_before, "num_dead": num_dead,
         "jump": moved.jump, "num_divergent": moved.num_divergent, "move_index": idx,
+        "mass_shrinkage": shrinkage,
     }
     idx = jnp.minimum(i, state.history.beta.shape[0] - 1)
     in_warmup = i < config.num_stages
