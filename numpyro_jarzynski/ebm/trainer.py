@@ -429,11 +429,12 @@ class EBMTrainer:
         return self.constrain(state.params)
 
     def update(self, state, *args, **kwargs):
-        """One training step; returns ``(state, stats)`` (stats: cross_entropy, log_z, ess,
-        resampled, loss, param_max, dead).
+        """One training step; returns ``(state, stats)`` (stats: cross_entropy, log_z,
+        log_z_grad, ess, ess_log_z, log_z_mc_var, resampled, loss, param_max, dead).
 
         Raises ``FloatingPointError`` (from Python, after the compiled step) if the step failed
         (see :class:`TrainState`); ``err.state`` is the last good state, unchanged."""
+        self._check_state(state)
         new, stats = self._update_jit(_with_flags(state), args, kwargs)
         if int(new.failure):
             err = FloatingPointError(self._failure_message(new, 0))
