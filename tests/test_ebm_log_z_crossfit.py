@@ -142,7 +142,7 @@ def test_crossfit_running_log_z_stays_exact_under_adam_and_sgd_where_shared_drif
     for r in range(2):
         found = trainer._disagreement({k: v[r] for k, v in stats["sgd_fast"].items()}, 0)
         msg = found["log_z_disagree"]
-        assert "the two running log Z disagree" in msg and "The walkers do not follow" in msg
+        assert "the two running log Z disagree" in msg and "do not keep up with the model" in msg
         assert "Lower the learning rate" in msg and "num_moves" in msg
 
 

@@ -760,11 +760,13 @@ class EBMTrainer:
             f"walkers' log Z ({stats['log_z_grad'][i]:.5g}) and the witness walkers' "
             f"({stats['log_z'][i]:.5g}) have drifted {drift[i]:+.4g} nats apart since update "
             f"{first}, against a Monte Carlo error of about {sigma[i]:.2g}. The walkers do not "
-            "follow the model: each gradient step moves θ further than the walkers mix, so the "
-            "gradient walkers feel their own step (their weights, and the gradient, are "
-            "biased) and the witness's log Z (history['log_z']) rests on walkers far from "
-            "ρ_θ. Lower the learning rate, or use more moves per update (num_moves), more "
-            "walkers (num_walkers), or a larger ULA step_size."
+            "keep up with the model: each gradient step moves θ further than they mix, so the "
+            "gradient walkers feel their own steps, and their weights (hence the gradient's "
+            "model term) are biased by about that much. history['log_z'] (the witness, which "
+            "never enters a gradient) stays unbiased, but if the walkers cannot follow the "
+            "model at all it is noisy and typically low too. Lower the learning rate, or use "
+            "more moves per update (num_moves), more walkers (num_walkers), or a larger ULA "
+            "step_size."
         )}
 
     # -- save / resume -------------------------------------------------------------------------
