@@ -37,6 +37,12 @@ the same number of gradient evaluations of the log density per particle:
 * ours: MALA and ULA with ``m = G`` moves per stage, HMC and unadjusted HMC (``UHMC``) with
   ``(G − 1) / L`` moves of ``L`` leapfrog steps (prior and likelihood parts are cached, so
   changing β costs no gradient), ``K`` stages, plus the initial evaluation;
+* ours ``move="auto"`` (``Auto()``, its default candidates ULA, MALA, ``HMC(5)``, ``UHMC(5)``):
+  ``Auto.moves_per_stage(m)`` gives every candidate ``m × 5`` gradients per stage (5 ULA or
+  MALA moves, or one 5-step trajectory, per unit of ``m``), so ``m = round(G / 5)``: 5
+  gradients per stage at ``G = 5``, 50 at ``G = 51``. Its gradient count is summed from the
+  candidate it ran at each stage (``StageHistory.move_index``), and the script prints how often
+  it chose each candidate;
 * BlackJAX: each stage re-initialises its inner kernel at the new temperature (one gradient),
   then MALA costs one gradient per step and HMC ``L`` per step: ``T·(steps·L + 1)``, where
   ``T`` is the number of adaptive stages it needed (measured).
@@ -76,7 +82,7 @@ from blackjax.smc.resampling import systematic
 from jax.scipy.special import logsumexp
 from numpyro.infer import MCMC
 
-from numpyro_jarzynski import HMC, UHMC, JarzynskiSMC
+from numpyro_jarzynski import HMC, UHMC, Auto, JarzynskiSMC
 from numpyro_jarzynski.engine import resampling as R
 from numpyro_jarzynski.engine import schedules as S
 from numpyro_jarzynski.engine import weights as W
@@ -390,10 +396,12 @@ def run_ours(problem, move, keys, n, num_warmup, num_moves, target_ess, repeats,
         step = lambda s: k.sample(s, args, {})  # vmaps over the runs itself
         state = jax.lax.fori_loop(0, num_warmup + 1, lambda i, s: step(s), state)
         beta_one = jnp.argmax(state.history.beta >= 1.0, axis=-1) + 1  # stages to reach β = 1
-        return state.log_evidence, flatten_sites(state.z), state.log_weights, beta_one
+        return (state.log_evidence, flatten_sites(state.z), state.log_weights, beta_one,
+                state.history.move_index)
 
     compiled, compile_s = compile_timed(loop, chain_keys)
-    (lz_loop, z, log_w, natural), run_s, cpu_s = run_timed(compiled, chain_keys, repeats=repeats)
+    (lz_loop, z, log_w, natural, move_index), run_s, cpu_s = run_timed(
+        compiled, chain_keys, repeats=repeats)
     # Same keys, same kernel functions: most runs agree to float32 rounding, but XLA fuses the
     # two programs differently and one flipped accept/resample decision sends a run down
     # another (equally valid) path. So compare the two sets of runs statistically.
@@ -405,11 +413,51 @@ def run_ours(problem, move, keys, n, num_warmup, num_moves, target_ess, repeats,
     if abs(lz_loop.mean() - np.mean(log_z)) > 4 * se + 1e-3:
         raise AssertionError(f"timed loop and MCMC.run disagree: {lz_loop} vs {log_z}")
     stages = num_warmup + 1
-    return {
-        "log_z": log_z, "z": np.asarray(z), "log_w": np.asarray(log_w), "compile_s": compile_s, "run_s": run_s,
-        "cpu_s": cpu_s, "mcmc_wall_s": mcmc_wall, "stages": float(stages), "grads": float(stages * num_moves * as_kernel(move).grads_per_move + 1),
+    kernel_ = as_kernel(move)
+    out = {
+        "log_z": log_z, "z": np.asarray(z), "log_w": np.asarray(log_w), "compile_s": compile_s,
+        "run_s": run_s, "cpu_s": cpu_s, "mcmc_wall_s": mcmc_wall, "stages": float(stages),
         "natural_stages": float(np.mean(np.asarray(natural))), "loop_diff": float(diff.max()),
     }
+    if isinstance(kernel_, Auto):
+        # Gradients of the candidate it ran at each recorded stage (the history holds the
+        # num_warmup warmup stages; the final stage is counted at the mean of the others).
+        per_cand = np.array([m * c.grads_per_move for c, m in zip(
+            kernel_.candidates, kernel_.moves_per_stage(num_moves))], np.float64)
+        idx = np.asarray(move_index)  # (seeds, num_warmup)
+        per_run = per_cand[idx].sum(-1)
+        per_run = per_run + (stages - idx.shape[-1]) * per_run / max(idx.shape[-1], 1)
+        out.update(grads=float(per_run.mean() + 1), move_index=idx,
+                   candidates=tuple(auto_label(c) for c in kernel_.candidates),
+                   grads_per_candidate=per_cand)
+    else:
+        out["grads"] = float(stages * num_moves * kernel_.grads_per_move + 1)
+    return out
+
+
+def auto_label(move):
+    steps = getattr(move, "num_steps", None)
+    return type(move).__name__ + ("" if steps is None else f"({steps})")
+
+
+AUTO_LETTERS = {"ULA": "L", "MALA": "M", "HMC": "H", "UHMC": "U"}
+
+
+def auto_choices(res, explore):
+    """How often ``move="auto"`` ran each candidate: over all recorded stages of all runs, and
+    over the ``free`` stages (after the first trial of every candidate, and not the forced
+    exploration of every ``explore``-th stage, which reruns the stalest candidate); plus the
+    most frequent candidate over the runs at each stage, one letter per stage (L = ULA,
+    M = MALA, H = HMC, U = unadjusted HMC)."""
+    idx, names = res["move_index"], res["candidates"]
+    k = len(names)
+    stage = np.arange(idx.shape[-1])
+    free = (stage >= k) & (stage % explore != explore - 1)
+    freq = lambda sel: [float(np.mean(sel == c)) for c in range(k)]
+    letters = [AUTO_LETTERS.get(name.split("(")[0], "?") for name in names]
+    modal = "".join(letters[int(np.bincount(col, minlength=k).argmax())] for col in idx.T)
+    return {"names": names, "all": freq(idx), "free": freq(idx[:, free]) if free.any() else
+            [float("nan")] * k, "modal_per_stage": modal}
 
 
 def blackjax_algorithm(problem, inner, n, steps, leapfrog, target_ess):
@@ -583,6 +631,15 @@ DEFAULT_BUDGET = {"gauss10": (5, 4), "gauss50": (5, 4), "twomode": (5, 4),
                   "logistic": (51, 10), "funnel": (51, 10), "sv": (51, 10)}
 
 
+def progress(method, res, log_z):
+    """One line as each method finishes, so that a run stopped part-way still leaves them."""
+    rmse = float(np.sqrt(np.mean((np.asarray(res["log_z"], np.float64) - log_z) ** 2)))
+    print(f"  [{method} done: log-Z RMSE {rmse:.3f}, {res['stages']:.1f} stages, "
+          f"{res['grads']:.0f} grads, compile "
+          f"{res['compile_s']:.0f} s, run {res['run_s']:.1f} s wall, {res['cpu_s']:.1f} s cpu]",
+          flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
@@ -639,24 +696,36 @@ def main(argv=None):
         kind = "exact" if problem.log_z_se == 0 else f"reference ± {problem.log_z_se:.4f}"
         print(f"\n## {problem.name} (d={problem.dim}, {kind} log Z = {problem.log_z:.4f}; "
               f"{problem.ref_note})")
+        auto = Auto()
+        auto_unit = max(c.grads_per_move for c in auto.candidates)
+        auto_moves = max(1, round(g / auto_unit))
+        auto_split = ", ".join(f"{auto_label(c)} x{m}" for c, m in zip(
+            auto.candidates, auto.moves_per_stage(auto_moves)))
         print(f"budget: {g} gradients per particle per stage; BlackJAX MALA {g - 1} steps, "
               f"BlackJAX HMC {(g - 1) // leap} steps of L={leap}; ours MALA/ULA {g} moves, "
-              f"HMC/UHMC {(g - 1) // leap} moves of L={leap}")
+              f"HMC/UHMC {(g - 1) // leap} moves of L={leap}; auto num_moves={auto_moves}: "
+              f"{auto_moves * auto_unit} gradients per stage ({auto_split})")
         results = {}
         results["bj-mala"] = run_blackjax(problem, "mala", keys, n, g - 1, 1, a.target_ess, repeats)
+        progress("bj-mala", results["bj-mala"], problem.log_z)
         results["bj-hmc"] = run_blackjax(
             problem, "hmc", keys, n, (g - 1) // leap, leap, a.target_ess, repeats)
+        progress("bj-hmc", results["bj-hmc"], problem.log_z)
         # Same budget: our stage count K + 1 = BlackJAX's mean stage count, g moves per stage.
         stages = max(2, round(results["bj-mala"]["stages"]))
         # Hamiltonian moves: (g − 1) // L moves of L leapfrog steps (one gradient fewer per
         # stage than the others: our cache makes BlackJAX's re-initialising gradient free).
+        # move="auto" (its default candidates): num_moves × (largest grads_per_move) gradients
+        # per stage for whichever candidate it runs, the nearest to g.
         ours = {"mala": ("mala", g), "ula": ("ula", g),
                 "hmc": (HMC(num_steps=leap), (g - 1) // leap),
-                "uhmc": (UHMC(num_steps=leap), (g - 1) // leap)}
+                "uhmc": (UHMC(num_steps=leap), (g - 1) // leap),
+                "auto": (auto, auto_moves)}
         for name_, (move, moves) in ours.items():
             results[f"ours-{name_}"] = run_ours(
                 problem, move, keys, n, stages - 1, moves, a.target_ess, repeats,
                 mcmc_run=not a.no_mcmc_run)
+            progress(f"ours-{name_}", results[f"ours-{name_}"], problem.log_z)
         floor_wall, floor = gradient_floor(problem, keys, n, repeats)
 
         # "/floor": CPU seconds per gradient evaluation over the CPU seconds of the floor.
@@ -686,14 +755,24 @@ def main(argv=None):
         if has_post and problem.names:
             print("worst marginal (pooled): " + ", ".join(
                 f"{m} {problem.names[rows[m]['worst']]}" for m in results))
-        for m in ("ours-mala", "ours-ula", "ours-hmc", "ours-uhmc"):
+        ours_methods = [f"ours-{m}" for m in ours]
+        for m in ours_methods:
             res = results[m]
             print(f"{m}: stages to reach beta=1 on its own {res['natural_stages']:.1f} of "
                   f"{res['stages']:.0f}; MCMC.run end to end (trace+compile+run) "
                   f"{res['mcmc_wall_s']:.1f} s; max |log Z(timed loop) - log Z(MCMC.run)| "
                   f"{res['loop_diff']:.1e}")
+        ch = auto_choices(results["ours-auto"], auto.explore)
+        results["ours-auto"]["choices"] = ch
+        share = lambda f, names=ch["names"]: ", ".join(
+            f"{c} {x:.0%}" for c, x in zip(names, f))
+        print(f"ours-auto choices (fraction of stages x runs): {share(ch['all'])}; free stages "
+              f"only (not the first trials nor every {auto.explore}th exploration): "
+              f"{share(ch['free'])}")
+        print(f"ours-auto most frequent choice per stage (L=ULA M=MALA H=HMC U=UHMC): "
+              f"{ch['modal_per_stage']}")
         print("ratios ours/BlackJAX (RMSE, wall time, CPU time, grads):")
-        for m in ("ours-mala", "ours-ula", "ours-hmc", "ours-uhmc"):
+        for m in ours_methods:
             for b in ("bj-mala", "bj-hmc"):
                 print(f"  {m} / {b}: RMSE {rows[m]['rmse'] / rows[b]['rmse']:.2f}, "
                       f"time {results[m]['run_s'] / results[b]['run_s']:.2f}, "
@@ -716,17 +795,19 @@ def main(argv=None):
                     "log_z": np.asarray(res["log_z"], np.float64).tolist(),
                     **{k: float(res[k]) for k in ("grads", "stages", "run_s", "cpu_s",
                                                    "compile_s")},
-                    **{k: v for k, v in rows[m].items() if k != "finite"}}
+                    **{k: v for k, v in rows[m].items() if k != "finite"},
+                    **({"choices": res["choices"]} if "choices" in res else {})}
                     for m, res in results.items()}}
             path.write_text(json.dumps(saved, indent=1))
 
     # One line per target: our RMSE over BlackJAX-HMC's (the issue's target is <= 0.7).
     print("\n## summary: log-Z RMSE ours / BlackJAX-HMC (target <= 0.7), BlackJAX-HMC RMSE")
-    print(f"{'target':9s} {'mala':>6s} {'ula':>6s} {'hmc':>6s} {'uhmc':>6s} {'bj-hmc':>7s}")
+    ours_names = ("mala", "ula", "hmc", "uhmc", "auto")
+    print(f"{'target':9s} " + " ".join(f"{m:>6s}" for m in ours_names) + f" {'bj-hmc':>7s}")
     for name, rows in summary:
         b = rows["bj-hmc"]["rmse"]
         print(f"{name:9s} " + " ".join(f"{rows[f'ours-{m}']['rmse'] / b:6.2f}"
-                                      for m in ("mala", "ula", "hmc", "uhmc")) + f" {b:7.3f}")
+                                      for m in ours_names) + f" {b:7.3f}")
 
 
 if __name__ == "__main__":
