@@ -34,11 +34,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
 import optax
 from threadpoolctl import threadpool_limits
 
-from numpyro_jarzynski.ebm import BernoulliRBM, EBMTrainer
+from numpyro_jarzynski.ebm import EBMTrainer, bernoulli_rbm_model
 
 
 def data_for(n_v, n_items=4000, seed=0):
@@ -51,27 +50,12 @@ def data_for(n_v, n_items=4000, seed=0):
     return (rng.uniform(size=(n_items, n_v)) < p).astype(np.float32)
 
 
-def make_model(n_v, n_h, data):
-    mean = np.clip(data.mean(0), 1e-3, 1 - 1e-3)
-    w0 = jnp.asarray(0.01 * np.random.default_rng(1).normal(size=(n_v, n_h)), jnp.float32)
-    b0 = jnp.asarray(np.log(mean / (1 - mean)), jnp.float32)
-
-    def model(v):
-        w = numpyro.param("W", w0)
-        b = numpyro.param("b", b0)
-        c = numpyro.param("c", jnp.zeros(n_h))
-        with numpyro.plate("data", v.shape[0]):
-            numpyro.sample("v", BernoulliRBM(w, b, c), obs=v)
-
-    return model
-
-
 class Ours:
     def __init__(self, method, n_v, n_h, data, walkers, updates, lr):
         # log_z="shared": the gradient walkers only. The default cross-fitted log Z also
         # moves and reweights a witness population of the same size (twice the walker work).
         extra = {"log_z": "shared"} if method == "jarzynski" else {}
-        self.trainer = EBMTrainer(make_model(n_v, n_h, data), optax.sgd(lr), method=method,
+        self.trainer = EBMTrainer(bernoulli_rbm_model(data, n_h), optax.sgd(lr), method=method,
                                   num_walkers=walkers, num_moves=1, num_init_stages=5, **extra)
         self.data, self.walkers, self.updates = jnp.asarray(data), walkers, updates
         self.state = None

@@ -12,11 +12,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
 import optax
 from sklearn.datasets import load_digits
 
-from numpyro_jarzynski.ebm import BernoulliRBM, EBMTrainer
+from numpyro_jarzynski.ebm import BernoulliRBM, EBMTrainer, bernoulli_rbm_model
 
 N_HIDDEN = 16
 
@@ -28,18 +27,7 @@ def load_data(seed=0):
 
 
 def make_model(train):
-    mean = np.clip(np.asarray(train).mean(0), 1e-3, 1 - 1e-3)
-    w0 = jnp.asarray(0.01 * np.random.default_rng(1).normal(size=(train.shape[1], N_HIDDEN)), jnp.float32)
-    b0 = jnp.asarray(np.log(mean / (1 - mean)), jnp.float32)
-
-    def model(v):
-        W = numpyro.param("W", w0)
-        b = numpyro.param("b", b0)
-        c = numpyro.param("c", jnp.zeros(N_HIDDEN))
-        with numpyro.plate("data", v.shape[0]):
-            numpyro.sample("v", BernoulliRBM(W, b, c), obs=v)
-
-    return model
+    return bernoulli_rbm_model(train, N_HIDDEN)
 
 
 @jax.jit

@@ -32,10 +32,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
 import optax
 
-from numpyro_jarzynski.ebm import BernoulliRBM, EBMTrainer
+from numpyro_jarzynski.ebm import BernoulliRBM, EBMTrainer, bernoulli_rbm_model
 from numpyro_jarzynski.ebm import ais as A
 
 N_HIDDEN = 500
@@ -56,19 +55,7 @@ def load_mnist(seed=0):
 
 
 def make_model(train, seed=1):
-    mean = np.clip(train.mean(0), 1e-3, 1 - 1e-3)
-    w0 = jnp.asarray(0.01 * np.random.default_rng(seed).normal(size=(train.shape[1], N_HIDDEN)),
-                     jnp.float32)
-    b0 = jnp.asarray(np.log(mean / (1 - mean)), jnp.float32)
-
-    def model(v):
-        w = numpyro.param("W", w0)
-        b = numpyro.param("b", b0)
-        c = numpyro.param("c", jnp.zeros(N_HIDDEN))
-        with numpyro.plate("data", v.shape[0]):
-            numpyro.sample("v", BernoulliRBM(w, b, c), obs=v)
-
-    return model
+    return bernoulli_rbm_model(train, N_HIDDEN, seed=seed)
 
 
 def evaluate(key, params, test, base_bias, args):

@@ -19,11 +19,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
 import optax
 import pytest
 
-from numpyro_jarzynski.ebm import BernoulliRBM, EBMTrainer
+from numpyro_jarzynski.ebm import BernoulliRBM, EBMTrainer, bernoulli_rbm_model
 from numpyro_jarzynski.engine.population import Population
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,17 +35,7 @@ def digits(n_hidden, n_train):
     x = (load_digits().data > 7).astype(np.float32)
     perm = np.random.default_rng(0).permutation(len(x))
     train, test = jnp.asarray(x[perm[:n_train]]), jnp.asarray(x[perm[1500:]])
-    mean = np.clip(np.asarray(train).mean(0), 1e-3, 1 - 1e-3)
-    w0 = jnp.asarray(0.01 * np.random.default_rng(1).normal(size=(64, n_hidden)), jnp.float32)
-    b0 = jnp.asarray(np.log(mean / (1 - mean)), jnp.float32)
-
-    def model(v):
-        W = numpyro.param("W", w0)
-        b = numpyro.param("b", b0)
-        c = numpyro.param("c", jnp.zeros(n_hidden))
-        with numpyro.plate("data", v.shape[0]):
-            numpyro.sample("v", BernoulliRBM(W, b, c), obs=v)
-
+    model = bernoulli_rbm_model(train, n_hidden)
     return model, train, test
 
 

@@ -247,3 +247,30 @@ class GaussianBernoulliRBM(_RBM):
         logits = h @ self.hidden_bias + wh @ (self.visible_bias / self.sigma) + 0.5 * jnp.sum(wh**2, -1)
         const = jnp.sum(jnp.log(self.sigma)) + 0.5 * self.num_visible * jnp.log(2 * jnp.pi)
         return jax.scipy.special.logsumexp(logits) + const
+
+
+def bernoulli_rbm_model(train, num_hidden, init_scale=0.01, seed=1):
+    """A NumPyro model of binary data ``v`` (``(n, n_visible)``) as a :class:`BernoulliRBM`
+    whose parameters are ``numpyro.param`` sites, ready for
+    :class:`~numpyro_jarzynski.ebm.EBMTrainer`: ``W`` (``N(0, init_scale²)`` from NumPy's
+    generator with ``seed``), ``b`` (the logits of ``train``'s per-unit frequencies, clipped
+    to [1e-3, 1 − 1e-3]) and ``c`` (zeros), the usual initialisation (Hinton 2010)."""
+    import numpyro
+
+    train = np.asarray(train)
+    if train.ndim != 2:
+        raise ValueError(f"train must have shape (n, n_visible), got {train.shape}.")
+    n_v = train.shape[1]
+    mean = np.clip(train.mean(0), 1e-3, 1 - 1e-3)
+    w0 = jnp.asarray(init_scale * np.random.default_rng(seed).normal(size=(n_v, num_hidden)),
+                     jnp.float32)
+    b0 = jnp.asarray(np.log(mean / (1 - mean)), jnp.float32)
+
+    def model(v):
+        w = numpyro.param("W", w0)
+        b = numpyro.param("b", b0)
+        c = numpyro.param("c", jnp.zeros(num_hidden))
+        with numpyro.plate("data", v.shape[0]):
+            numpyro.sample("v", BernoulliRBM(w, b, c), obs=v)
+
+    return model
