@@ -19,7 +19,6 @@ tempered-site protocol ``base(x)·exp(β·tilt(x))`` from ``β = 0`` (exact draw
 stage on a :class:`~numpyro_jarzynski.engine.path.TemperingPath`.
 """
 
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -77,32 +76,14 @@ def parameter_increment(fn_a, fn_b, x):
     return parameter_path(fn_a).increment(x, None, fn_a, fn_b)
 
 
-class _Corrected(NamedTuple):
-    """A path whose work carries a per-walker correction ``correction(x)`` at the moved walkers
-    (the trainer's self-influence term)."""
-
-    path: Any
-    correction: Any
-
-    def increment(self, x, cache, a, b):
-        return self.path.increment(x, cache, a, b) + self.correction(x)
-
-    def target(self, point):
-        return self.path.target(point)
-
-
 def advance(key, pop, fn_a, fn_b, num_moves, step_size, resample_threshold,
-            resampling="systematic", correction=None):
+            resampling="systematic"):
     """The walkers' part of a training update ``θ_a → θ_b``: ``num_moves`` moves with the
-    kernel of ``fn_a`` (no resampling between them, so ``correction`` may refer to the walkers
-    before the moves), the work ``log γ_b − log γ_a`` (+ ``correction(x)``) at the moved
-    walkers, a resampling check, dead walkers revived at a live position.
+    kernel of ``fn_a`` (no resampling between them), the work ``log γ_b − log γ_a`` at the
+    moved walkers, a resampling check, dead walkers revived at a live position.
 
     Returns ``(pop, StageInfo)``."""
-    path = parameter_path(fn_a)
-    if correction is not None:
-        path = _Corrected(path, correction)
-    pop, _, _, _, info = S.advance(key, pop, None, path, fn_a, fn_b, kernel(fn_a), step_size,
+    pop, _, _, _, info = S.advance(key, pop, None, parameter_path(fn_a), fn_a, fn_b, kernel(fn_a), step_size,
                                    _unit_scale, num_moves, resample_threshold, resampling,
                                    move_first=True)
     return pop, info
