@@ -43,15 +43,18 @@ def _stack(states):
 
 
 def test_gradient_matches_enumeration_in_expectation():
-    trainer = EBMTrainer(rbm_model, optax.sgd(0.1), num_walkers=64, num_init_stages=10)
+    # log_z="shared": only the gradient is tested here; the default cross-fitted log Z would
+    # anneal a second (witness) population in init that this test never reads.
+    trainer = EBMTrainer(rbm_model, optax.sgd(0.1), num_walkers=64, num_init_stages=10,
+                         log_z="shared")
     params = {"W": 2.0 * W0, "b": jnp.linspace(-1, 1, N_V), "c": jnp.ones(N_H)}
+    s = trainer.init(jax.random.key(0), RBM_DATA)  # once: only its shape is checked
+    assert s.walkers.shape == (64, N_V)
     runs = []
     for k in jax.random.split(jax.random.key(0), 40):
-        s = trainer.init(k, RBM_DATA)
         # walkers for the chosen θ (not the model's initial one): the same annealing as init
         pop = trainer._anneal_jit(k, params, (RBM_DATA,), {})
         runs.append(trainer.gradient(params, pop.x, pop.log_weights, (RBM_DATA,))[1])
-    assert s.walkers.shape == (64, N_V)
     grads = _stack(runs)
 
     def exact_h(p):
@@ -70,7 +73,11 @@ def test_gradient_matches_enumeration_in_expectation():
 def test_running_log_z_tracks_exact_rbm_log_partition_during_training():
     """8 independent Jarzynski runs (vmapped), 60 updates: the running log Z of each run's
     final parameters against the exact value by enumeration."""
-    trainer = EBMTrainer(rbm_model, optax.adam(0.05), num_walkers=128, num_init_stages=10)
+    # log_z="shared": the estimate checked is the gradient walkers' own (log_z_banked and
+    # log_weights), bit-identical under the default "crossfit", whose witness population
+    # (checked in test_ebm_log_z_crossfit.py) would only double the walker work here.
+    trainer = EBMTrainer(rbm_model, optax.adam(0.05), num_walkers=128, num_init_stages=10,
+                         log_z="shared")
     states = _stack([trainer.init(k, RBM_DATA) for k in jax.random.split(jax.random.key(1), 8)])
     run = jax.jit(jax.vmap(lambda s: trainer.steps(s, RBM_DATA, 60, 100)))
     states, stats = run(states)
