@@ -17,6 +17,8 @@ any factor ``L`` of the inverse mass.
 A new move passes or fails this test with no new test code: add it to ``MOVES``.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -147,6 +149,7 @@ def _log_gamma_corr(x):
     return -0.5 * d @ PRECISION @ d
 
 
+@functools.cache  # the same fit for every move (run eagerly: worth doing once)
 def _fitted(mass):
     draws = np.random.default_rng(0).multivariate_normal(CORR_MEAN, SIGMA, 40).astype(np.float32)
     scale, _, _ = PC.crossfit(mass, jnp.zeros(40), jnp.asarray(draws), jnp.ones(D))
