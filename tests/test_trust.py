@@ -83,10 +83,25 @@ def test_collapse_is_reported_with_stage_and_beta():
     assert float(tree["sample_stats"]["min_unique_ancestors"].values[0]) < 10 / 500
 
 
-def test_healthy_run_is_quiet_and_right():
+@pytest.fixture(scope="module")
+def healthy_500():
+    """The default kernel on n = 500 with an ample budget (40 stages), 2 runs: one run (one
+    compile) shared by the healthy check and the budget test's quiet counterpart."""
+    return run_recording(JarzynskiSMC(conj_model, num_particles=500), data(500), chains=2)
+
+
+@pytest.fixture(scope="module")
+def healthy_50():
+    """The default kernel (MALA, adapted step) on n = 50, 40 stages, 2 runs: shared by the
+    barely-moving test's quiet counterpart and the predictive / print_summary test."""
+    return run_recording(JarzynskiSMC(conj_model, num_particles=500, move="mala"), data(50),
+                         chains=2)
+
+
+def test_healthy_run_is_quiet_and_right(healthy_500):
     y = data(500)
     log_z, _mean, _sd = conj_truth(y)
-    mcmc, msgs = run_recording(JarzynskiSMC(conj_model, num_particles=500), y, chains=2)
+    mcmc, msgs = healthy_500
     assert msgs == []
     est = np.asarray(mcmc.last_state.log_evidence, np.float64)
     assert np.all(np.abs(est - log_z) < 0.25), est
@@ -108,7 +123,7 @@ def test_short_stage_budget_is_spread_and_reported():
     assert f"num_warmup >= {needed}" in budget[0]
 
 
-def test_budget_well_below_what_target_ess_needs_is_reported():
+def test_budget_well_below_what_target_ess_needs_is_reported(healthy_500):
     """num_warmup=5 on n = 500: no step falls below CESS 0.1 (so the unsafe-step check is
     silent), but the steps are far coarser than target_ess asks (about 17 stages needed). On
     a Poisson GLM the same situation left runs 1.5 nat low with no warning
@@ -120,7 +135,7 @@ def test_budget_well_below_what_target_ess_needs_is_reported():
     short = [m for m in msgs if "stage budget was short" in m]
     assert short and f"num_warmup >= {h.suggested_num_warmup}" in short[0], msgs
     assert 12 <= h.suggested_num_warmup <= 25
-    _, quiet = run_recording(JarzynskiSMC(conj_model, num_particles=500), y, warmup=40)
+    _, quiet = healthy_500  # the same model and data with warmup=40 (2 runs)
     assert not any("budget" in m for m in quiet), quiet
 
 
@@ -161,7 +176,7 @@ def test_unstable_unadjusted_moves_are_detected():
     assert any("unadjusted moves were unstable" in m for m in msgs), msgs
 
 
-def test_moves_that_barely_move_are_reported():
+def test_moves_that_barely_move_are_reported(healthy_50):
     """A step far too small to renew the population after resampling (fixed h = 1e-3 in units
     of the spread, 2 moves per stage): every per-stage check passes, yet the copies made by
     resampling never separate. The squared jump between resamplings is about 2·h per stage,
@@ -175,7 +190,7 @@ def test_moves_that_barely_move_are_reported():
     assert mcmc.sampler.last_health[0].median_renewal < 0.05
     jump = np.asarray(mcmc.last_state.history.jump)
     assert np.allclose(jump[np.isfinite(jump)], 2e-3, rtol=0.3)
-    _, quiet = run_recording(JarzynskiSMC(conj_model, num_particles=500, move="mala"), y)
+    _, quiet = healthy_50  # the same model and data with the adapted step (2 runs)
     assert not any("barely renewed" in m for m in quiet), quiet
 
 
@@ -356,10 +371,10 @@ def test_unknown_extra_field_names_the_valid_ones():
         mcmc.run(jax.random.key(0), data(50), extra_fields=("nonexistent",))
 
 
-def test_predictive_and_print_summary_work_on_smc_output(capsys):
+def test_predictive_and_print_summary_work_on_smc_output(capsys, healthy_50):
     y = data(50)
     _, mean, sd = conj_truth(y)
-    mcmc = run(JarzynskiSMC(conj_model, num_particles=500), y, warmup=20, chains=2)
+    mcmc, _ = healthy_50  # 40 stages, 2 runs (was its own 20-stage run: one compile fewer)
     draws = posterior_samples(mcmc, 4000, rng_key=jax.random.key(3))
     assert draws["mu"].shape == (4000,)
     assert abs(draws["mu"].mean() - mean) < 4 * sd / np.sqrt(500)
