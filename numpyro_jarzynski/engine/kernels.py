@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from numpyro_jarzynski.engine import moves as M
+from numpyro_jarzynski.engine import noise as Z
 from numpyro_jarzynski.engine import preconditioner as P
 
 
@@ -136,7 +137,7 @@ class MALA:
         return self
 
     def step(self, key, x, cache, target, step_size, scale):
-        k_prop, k_acc = jax.random.split(key)
+        k_prop, k_acc = Z.split(key)
         prop = ULA().propose(k_prop, x, cache, target, step_size, scale)
         accept, prob = M.mala_accept(k_acc, prop.log_increment)
         x_new, c_new = M.select(accept, (prop.x, prop.cache), (x, cache))
@@ -174,13 +175,13 @@ def leapfrog(x, p, cache, target, eps, scale, num_steps, refresh=None):
         x, p, c = half_kick_drift_kick(x, p, c)
         if alpha is not None:
             kin = kin - 0.5 * jnp.sum(p**2, -1)
-            xi = jax.random.normal(k, p.shape, p.dtype)
+            xi = Z.normal(k, p.shape, p.dtype)
             p = jnp.where(last, p, alpha * p + jnp.sqrt(1.0 - alpha**2) * xi)
             kin = kin + jnp.where(last, 0.0, 0.5 * jnp.sum(p**2, -1))
         return (x, p, c, kin), None
 
     kin0 = 0.5 * jnp.sum(p**2, -1)
-    keys = (jax.random.split(k_ref, num_steps) if alpha is not None
+    keys = (Z.split(k_ref, num_steps) if alpha is not None
             else jnp.zeros((num_steps,), jnp.uint32))
     last = jnp.arange(num_steps) == num_steps - 1
     (x, p, cache, kin), _ = jax.lax.scan(body, (x, p, cache, kin0), (keys, last))
@@ -195,9 +196,9 @@ def _hamiltonian_proposal(key, x, cache, target, step_size, scale, num_steps, ji
     the same forward and backward), ``num_steps`` leapfrog steps (with a partial refresh of
     friction ``damping`` between them, see :class:`UHMC`). Returns the proposal and
     ``−ΔH = log γ(x') − log γ(x) + Σ_segments (½|p_start|² − ½|p_end|²)`` (NaN or inf → −inf)."""
-    k_p, k_eps, *k_ref = jax.random.split(key, 2 if damping is None else 3)
-    p = jax.random.normal(k_p, x.shape, x.dtype)
-    u = jax.random.uniform(k_eps, x.shape[:1] + (1,), x.dtype, -1.0, 1.0)
+    k_p, k_eps, *k_ref = Z.split(key, 2 if damping is None else 3)
+    p = Z.normal(k_p, x.shape, x.dtype)
+    u = Z.uniform(k_eps, x.shape[:1] + (1,), x.dtype, -1.0, 1.0)
     eps = step_size * (1.0 + jitter * u)
     refresh = None if damping is None else (jnp.exp(-damping * eps), k_ref[0])
     x_new, _, c_new, kinetic = leapfrog(x, p, cache, target, eps, scale, num_steps, refresh)
@@ -321,7 +322,7 @@ class HMC(_Hamiltonian):
         return self
 
     def step(self, key, x, cache, target, step_size, scale):
-        k_prop, k_acc = jax.random.split(key)
+        k_prop, k_acc = Z.split(key)
         x_new, c_new, log_ratio = self._propose(k_prop, x, cache, target, step_size, scale)
         accept, prob = M.mala_accept(k_acc, log_ratio)
         x_out, c_out = M.select(accept, (x_new, c_new), (x, cache))
@@ -418,5 +419,5 @@ def run_moves(move, key, x, cache, target, step_size, scale, num_moves):
         return (out.x, out.cache, inc + out.log_increment), jnp.mean(out.acceptance)
 
     zero = jnp.zeros(x.shape[:1], x.dtype)
-    (x, cache, inc), acc = jax.lax.scan(body, (x, cache, zero), jax.random.split(key, num_moves))
+    (x, cache, inc), acc = jax.lax.scan(body, (x, cache, zero), Z.split(key, num_moves))
     return x, cache, inc, jnp.mean(acc)

@@ -27,12 +27,13 @@ ratio of MALA, which is how :func:`mala_accept` uses it.
 import jax
 import jax.numpy as jnp
 
+from numpyro_jarzynski.engine import noise as Z
 from numpyro_jarzynski.engine import preconditioner as P
 
 
 def langevin_proposal(rng_key, x, grad, step_size, scale):
     """One unadjusted Langevin (Euler–Maruyama) step, preconditioned by ``M = L Lᵀ``."""
-    noise = jax.random.normal(rng_key, x.shape, x.dtype)
+    noise = Z.normal(rng_key, x.shape, x.dtype)
     return (x + P.inverse_mass(scale, grad, step_size)
             + P.mul(scale, noise, jnp.sqrt(2 * step_size)))
 
@@ -61,7 +62,7 @@ def langevin_log_increment(x, x_new, log_p_a, grad_a, log_p_b_new, grad_b_new, s
 def mala_accept(rng_key, log_ratio):
     """Metropolis–Hastings test on ``log_ratio``; returns (accepted mask, acceptance prob)."""
     prob = jnp.where(jnp.isfinite(log_ratio), jnp.exp(jnp.minimum(log_ratio, 0.0)), 0.0)
-    u = jax.random.uniform(rng_key, log_ratio.shape, log_ratio.dtype)
+    u = Z.uniform(rng_key, log_ratio.shape, log_ratio.dtype)
     return u < prob, prob
 
 

@@ -55,8 +55,11 @@ def replace_dead(pop, *extra):
         mask = dead.reshape(dead.shape + (1,) * (v.ndim - 1))
         return jnp.where(mask, v[best], v)
 
-    x = jax.tree.map(fix, pop.x)
-    return (pop._replace(x=x),) + tuple(jax.tree.map(fix, e) for e in extra)
+    # Dead walkers are rare: copy the arrays only when there is one (a select over every
+    # walker and its cache costs a pass over N × d arrays per stage otherwise).
+    x, extra = jax.lax.cond(jnp.any(dead), lambda t: jax.tree.map(fix, t), lambda t: t,
+                            (pop.x, extra))
+    return (pop._replace(x=x),) + tuple(extra)
 
 
 def _resample_with_indices(rng_key, pop, scheme, *extra):

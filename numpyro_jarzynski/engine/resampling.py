@@ -8,6 +8,7 @@ close; multinomial is the textbook baseline. Particles with zero weight are neve
 import jax
 import jax.numpy as jnp
 
+from numpyro_jarzynski.engine import noise as Z
 from numpyro_jarzynski.engine.weights import normalized_weights
 
 
@@ -23,14 +24,14 @@ def _inverse_cdf(log_w, positions):
 def systematic(rng_key, log_w, num_samples=None):
     """One uniform offset shared by ``num_samples`` evenly spaced positions."""
     num_samples = log_w.shape[0] if num_samples is None else num_samples
-    u = jax.random.uniform(rng_key, dtype=log_w.dtype)
+    u = Z.uniform(rng_key, dtype=log_w.dtype)
     return _inverse_cdf(log_w, (u + jnp.arange(num_samples, dtype=log_w.dtype)) / num_samples)
 
 
 def stratified(rng_key, log_w, num_samples=None):
     """One independent uniform in each of ``num_samples`` equal strata."""
     num_samples = log_w.shape[0] if num_samples is None else num_samples
-    u = jax.random.uniform(rng_key, (num_samples,), dtype=log_w.dtype)
+    u = Z.uniform(rng_key, (num_samples,), dtype=log_w.dtype)
     return _inverse_cdf(log_w, (u + jnp.arange(num_samples, dtype=log_w.dtype)) / num_samples)
 
 

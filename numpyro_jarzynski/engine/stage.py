@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from numpyro_jarzynski.engine import kernels as K
+from numpyro_jarzynski.engine import noise as Z
 from numpyro_jarzynski.engine import preconditioner as P
 from numpyro_jarzynski.engine import weights as W
 from numpyro_jarzynski.engine.path import Crossing
@@ -79,7 +80,11 @@ class StageInfo(NamedTuple):
     k-hat of the weights right after it (``khat_before``, before any resampling).
     ``num_dead`` and ``num_failed`` count the stage's increment and the moves' together.
     ``increment``: the stage's increment per walker, ``(N,)``, where one is defined (a
-    bridging stage: its one move's Crooks term); ``None`` otherwise."""
+    bridging stage: its one move's Crooks term); ``None`` otherwise. ``khat_after``: the
+    k-hat of the weights at the end of the stage where the stage knows it without computing
+    it (:func:`step` with an invariant kernel and no hook: the moves leave the weights as the
+    resampling check left them, so it is ``khat_before``, or ``−inf`` after a resampling);
+    ``None`` otherwise."""
 
     cess: jax.Array
     khat_before: jax.Array
@@ -92,6 +97,7 @@ class StageInfo(NamedTuple):
     num_divergent: jax.Array
     num_failed: jax.Array
     increment: Any = None
+    khat_after: Any = None
 
 
 class SweepMove(NamedTuple):
@@ -115,10 +121,15 @@ class SweepMove(NamedTuple):
 
 
 def khat(log_w):
-    """Pareto k-hat of the weights; NaN below :data:`KHAT_MIN_PARTICLES` particles."""
+    """Pareto k-hat of the weights; NaN below :data:`KHAT_MIN_PARTICLES` particles.
+
+    Equal finite weights (just resampled) have no tail: ``−inf``, which is what
+    :func:`~.weights.pareto_khat` returns for them, without the fit."""
     if log_w.shape[0] < KHAT_MIN_PARTICLES:
         return jnp.full((), jnp.nan, log_w.dtype)
-    return W.pareto_khat(log_w)
+    uniform = jnp.isfinite(log_w[0]) & jnp.all(log_w == log_w[0])
+    return jax.lax.cond(uniform, lambda lw: jnp.full((), -jnp.inf, lw.dtype), W.pareto_khat,
+                        log_w)
 
 
 def deaths(log_w_before, log_w_after):
@@ -180,7 +191,7 @@ def _one_move(key, pop, cache, extra, dead, kernel, target_of, step_size, scale,
 
     Returns ``(pop, cache, extra, dead, resample info or None, (move CESS, acceptance, jump,
     divergent), the move's increment per walker)``."""
-    k_move, k_res, k_hook = jax.random.split(key, 3)
+    k_move, k_res, k_hook = Z.split(key, 3)
     if hook is not None and hook_first:
         pop, cache, extra, d = hook(k_hook, pop, cache, extra)
         dead = (dead[0] + d, dead[1] + d)
@@ -225,7 +236,7 @@ def move(key, pop, cache, kernel, target, step_size, scale, num_moves, threshold
         pop, cache, extra, res, dead = carry
         if kernel is None:
             if hook is not None:
-                pop, cache, extra, d = hook(jax.random.split(k, 3)[2], pop, cache, extra)
+                pop, cache, extra, d = hook(Z.split(k, 3)[2], pop, cache, extra)
                 dead = (dead[0] + d, dead[1] + d)
             # Nothing continuous to measure: recorded as a full renewal (1 per stage).
             return (pop, cache, extra, res, dead), (one, one, one / num_moves, zero_i)
@@ -235,7 +246,7 @@ def move(key, pop, cache, kernel, target, step_size, scale, num_moves, threshold
         return (pop, cache, extra, res if r is None else worse(res, r), dead), stats
 
     (pop, cache, extra, res, dead), (move_cess, acc, jumps, divs) = jax.lax.scan(
-        body, (pop, cache, extra, no_res, (zero_i, zero_i)), jax.random.split(key, num_moves)
+        body, (pop, cache, extra, no_res, (zero_i, zero_i)), Z.split(key, num_moves)
     )
     noise = -jnp.sum(jnp.log(jnp.clip(move_cess, 1e-30, 1.0)))
     return pop, cache, extra, MoveInfo(jnp.min(move_cess), noise, jnp.mean(acc), res, dead[0],
@@ -250,7 +261,7 @@ def step(key, pop, cache, increment, kernel, target, step_size, scale_fn, num_mo
 
     Returns ``(pop, cache, extra, aux, StageInfo)``.
     """
-    k_res, k_move = jax.random.split(key)
+    k_res, k_move = Z.split(key)
     pop, cess, dead, failed = reweight(pop, increment)
     khat_before = khat(pop.log_weights)
     pop, cache, extra, res = resample_if(k_res, pop, threshold, scheme, cache, extra)
@@ -260,10 +271,15 @@ def step(key, pop, cache, increment, kernel, target, step_size, scale_fn, num_mo
     scale, aux = scale_fn(pop)
     pop, cache, extra, info = move(k_move, pop, cache, kernel, target, step_size, scale,
                                    num_moves, threshold, scheme, extra, hook, hook_first)
+    khat_after = None
+    if kernel is not None and kernel.invariant and hook is None:
+        # The moves do not touch the weights: they are the ones k-hat saw, or uniform.
+        khat_after = jnp.where(res.resampled > 0, -jnp.inf, khat_before).astype(
+            khat_before.dtype) if pop.log_weights.shape[0] >= KHAT_MIN_PARTICLES else khat_before
     return pop, cache, extra, aux, StageInfo(
         cess, khat_before, info.move_cess, info.noise, info.acceptance,
         worse(res, info.resample), dead + info.num_dead, info.jump, info.num_divergent,
-        failed + info.num_failed,
+        failed + info.num_failed, khat_after=khat_after,
     )
 
 
@@ -284,7 +300,7 @@ def step_waste_free(key, pop, cache, increment, kernel, target, step_size, scale
     """
     n = pop.log_weights.shape[0]
     m = n // chain_length
-    k_res, k_move = jax.random.split(key)
+    k_res, k_move = Z.split(key)
     pop, cess, dead, failed = reweight(pop, increment)
     khat_before = khat(pop.log_weights)
     ess_before = W.ess(pop.log_weights)
@@ -306,7 +322,7 @@ def step_waste_free(key, pop, cache, increment, kernel, target, step_size, scale
     zero_i = jnp.zeros((), jnp.int32)
     (_, _, _, dead_moves), (kept, (move_cess, acc, jumps, divs)) = jax.lax.scan(
         body, (start, cache, extra, (zero_i, zero_i)),
-        jax.random.split(k_move, chain_length - 1))
+        Z.split(k_move, chain_length - 1))
     first = (start.x, start.log_weights, cache, extra)
     # (chain_length, M, ...) -> (N, ...): the start states, then every state of every chain.
     x, log_w, cache, extra = jax.tree.map(
@@ -334,7 +350,7 @@ def _move_then_reweight(key, pop, cache, path, a, b, kernel, step_size, scale_fn
                         threshold, scheme, extra, hook, hook_first):
     """Moves at ``γ_a`` (no resampling between them: every walker keeps its identity through
     the moves), then the work ``a → b`` at the moved walkers, then a resampling check."""
-    k_move, k_res = jax.random.split(key)
+    k_move, k_res = Z.split(key)
     if cache is None and kernel is not None:
         cache = _evaluate(path.target(a), extra, pop.x)
     scale, aux = scale_fn(pop)

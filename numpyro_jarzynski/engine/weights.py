@@ -85,10 +85,22 @@ def conditional_ess(log_w, increment):
     increment alone degrades the current (not necessarily uniform) weights, so it is the
     right criterion for adaptive tempering when resampling is not done at every step.
     """
+    return conditional_ess_fn(log_w)(increment)
+
+
+def conditional_ess_fn(log_w):
+    """``increment -> conditional_ess(log_w, increment)`` with the normalised weights computed
+    once: the adaptive schedule's bisection evaluates ~20 increments against the same weights
+    (the same numbers as :func:`conditional_ess`, bit for bit)."""
     log_W = log_normalize(log_w)
-    inc = jnp.where(jnp.isfinite(increment), increment, -jnp.inf)
-    inc = shifted(jnp.where(jnp.isfinite(log_W), inc, -jnp.inf))
-    return jnp.exp(2 * logsumexp(log_W + inc) - logsumexp(log_W + 2 * inc))
+    live = jnp.isfinite(log_W)
+
+    def cess(increment):
+        inc = jnp.where(jnp.isfinite(increment), increment, -jnp.inf)
+        inc = shifted(jnp.where(live, inc, -jnp.inf))
+        return jnp.exp(2 * logsumexp(log_W + inc) - logsumexp(log_W + 2 * inc))
+
+    return cess
 
 
 def log_evidence_increment(log_w, increment):
@@ -133,7 +145,10 @@ def pareto_khat(log_w):
     if tail < 5:
         raise ValueError(f"pareto_khat needs at least 25 particles, got {n}.")
     lw = jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf)
-    lw = jnp.flip(jax.lax.top_k(lw - jnp.max(lw), tail + 1)[0])  # ascending, largest last
+    # The barrier keeps XLA's CPU backend from rewriting top_k with the slices and exps
+    # below into a sort of all N weights (40 ms instead of 2 at N = 10^5; same values).
+    top = jax.lax.optimization_barrier(jax.lax.top_k(lw - jnp.max(lw), tail + 1)[0])
+    lw = jnp.flip(top)  # ascending, largest last
     cutoff = lw[0]
     x = jnp.exp(lw[-tail:]) - jnp.exp(cutoff)  # exceedances, ascending
     has_tail = x[-1] > 1e-6 * jnp.exp(lw[-1])

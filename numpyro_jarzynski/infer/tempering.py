@@ -53,6 +53,7 @@ import numpy as np
 
 from numpyro_jarzynski.engine import kernels as K
 from numpyro_jarzynski.engine import moves as M
+from numpyro_jarzynski.engine import noise as Z
 from numpyro_jarzynski.engine import path as P
 from numpyro_jarzynski.engine import preconditioner as PC
 from numpyro_jarzynski.engine import stage as S
@@ -316,7 +317,8 @@ def _work_cess(log_w, path, x, cache, beta_a):
     move's own discretisation term, whose spread does not vanish as ``β_b → β_a``, so a
     criterion on the full increment could stall; the work term is the part ``β_b`` controls.
     """
-    return lambda beta_b: W.conditional_ess(log_w, path.increment(x, cache, beta_a, beta_b))
+    cess = W.conditional_ess_fn(log_w)  # the weights' part, once for every candidate β_b
+    return lambda beta_b: cess(path.increment(x, cache, beta_a, beta_b))
 
 
 class _Moved(NamedTuple):
@@ -335,6 +337,7 @@ class _Moved(NamedTuple):
     num_dead: jax.Array  # particles killed by the stage's increments
     jump: jax.Array  # squared jump of the stage's moves in units of the scale (StageHistory)
     num_divergent: jax.Array  # proposals that landed on a non-finite density
+    khat_after: jax.Array  # k-hat of the weights at the end of the stage
 
 
 def _move_stage(key, state, pop, disc, evaluate, config, kernel):
@@ -367,9 +370,12 @@ def _move_stage(key, state, pop, disc, evaluate, config, kernel):
         config.resample_threshold, config.resampling, extra=disc, hook=hook,
         hook_first=config.discrete_first, waste_free=config.waste_free,
     )
+    # An invariant move without a Gibbs hook leaves the weights as k-hat saw them (or
+    # uniform after a resampling): the stage knows their k-hat without a second fit.
+    khat_after = S.khat(pop.log_weights) if info.khat_after is None else info.khat_after
     return _Moved(pop, cache, disc, beta_b, info.cess, info.move_cess, info.noise,
                   info.acceptance, info.resample, info.khat_before, info.num_dead, info.jump,
-                  info.num_divergent), pooled
+                  info.num_divergent, khat_after), pooled
 
 
 def _noise_step_rule(h, noise, target, max_step, exponent):
@@ -402,11 +408,13 @@ def _guarded_stage(state, evaluate, codec, config):
         i=state.i + 1, failed=jnp.ones((), bool), fail_stage=state.i, fail_beta=new.beta,
         rng_key=new.rng_key,
     )
-    return jax.tree.map(lambda a, b: a if a is b else jnp.where(all_dead, a, b), frozen, new)
+    # A cond, not a select over every leaf: the state holds N × d arrays (walkers, cache)
+    # and a stage where every walker dies is rare (under vmap the cond is a select anyway).
+    return jax.lax.cond(all_dead, lambda: frozen, lambda: new)
 
 
 def _stage(state, evaluate, codec, config):
-    key, k_stage, _ = jax.random.split(state.rng_key, 3)
+    key, k_stage, _ = Z.split(state.rng_key, 3)
     x, disc = codec.split(state.z)
     i, h = state.i, state.step_size
     pop = Population(x, state.log_weights, state.log_z_banked)
@@ -438,7 +446,7 @@ def _stage(state, evaluate, codec, config):
     res = moved.resample
     log_z = pop.log_evidence
     ess = W.ess(pop.log_weights)
-    khat = _khat(pop.log_weights)
+    khat = moved.khat_after
     n = pop.log_weights.shape[0]
     stats = {
         "beta": beta_b, "ess": ess,
