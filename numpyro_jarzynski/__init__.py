@@ -29,7 +29,7 @@ from numpyro_jarzynski.ebm import (
     TrainState,
 )
 from numpyro_jarzynski.engine.kernels import HMC, MALA, UHMC, ULA, Auto
-from numpyro_jarzynski.infer import JarzynskiSMC, SMCState
+from numpyro_jarzynski.infer import JarzynskiSMC, SMCAlgorithm, SMCState, smc
 from numpyro_jarzynski.infer.gibbs import Gibbs, gibbs_plan
 from numpyro_jarzynski.interpolants import (
     GaussianMixtureInterpolant,
@@ -56,6 +56,7 @@ __all__ = [
     "IsingLattice",
     "JarzynskiSMC",
     "PottsLattice",
+    "SMCAlgorithm",
     "SMCState",
     "TrainResult",
     "TrainState",
@@ -66,6 +67,7 @@ __all__ = [
     "gibbs_plan",
     "posterior_samples",
     "print_summary",
+    "smc",
     "summary",
     "to_datatree",
 ]

@@ -20,12 +20,14 @@ import dataclasses
 import hashlib
 import numbers
 import warnings
+from collections import OrderedDict
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from numpyro.infer.mcmc import MCMCKernel
 from numpyro.util import is_prng_key
 
@@ -116,6 +118,15 @@ class JarzynskiSMC(MCMCKernel):
         correlations). Implies a non-diagonal mass; must be below ``d``. See
         ``docs/moves.md`` ("Mass matrix"); the fit per stage is recorded in
         ``state.history.mass_shrinkage``.
+    :param devices: split the particles over several devices: ``"all"`` (every device JAX
+        sees: ``jax.devices()``, all GPUs of a machine, or of every host after
+        ``jax.distributed.initialize()``) or a list of devices. The particle axis of the
+        population is sharded over a ``jax.sharding.Mesh`` with one axis ``"particles"``;
+        the weights' statistics (log-sum-exp, ESS, the β bisection) and the resampling are
+        global (XLA inserts the collectives), so the run is the one-device run: same key,
+        same result, up to the order of floating-point sums. ``num_particles`` must be a
+        multiple of the number of devices. Default ``None``: one device. See
+        ``docs/smc.md`` ("Particles over several devices").
     :param float target_ess: conditional ESS per stage targeted by the adaptive schedule.
     :param float min_increment: smallest β step of the adaptive schedule (stall guard).
     :param float resample_threshold: resample when the normalised ESS is below this.
@@ -162,6 +173,7 @@ class JarzynskiSMC(MCMCKernel):
         waste_free=False,
         dense_mass=False,
         mass_rank=None,
+        devices=None,
     ):
         if model is None or not callable(model):
             raise ValueError("JarzynskiSMC needs a NumPyro model (a callable).")
@@ -236,6 +248,7 @@ class JarzynskiSMC(MCMCKernel):
             )
         get_scheme(resampling)  # validates the name now, not at the first resampling
         self.mass = _check_mass(dense_mass, mass_rank)
+        self.mesh = _particle_mesh(devices, num_particles)
         self._model = model
         self.num_particles = num_particles
         self._continuous_move = move
@@ -254,51 +267,85 @@ class JarzynskiSMC(MCMCKernel):
         )
         self.init_particles = init_particles
         self.prior_factors = tuple(prior_factors)
-        self._sample_fn = None
         self._data_fingerprint = None
         self.last_health = None
-        self._spec = None
-        self._config = None
-        self._codec = None
+        self._programs = OrderedDict()  # compiled runs (numpyro_jarzynski.infer.functional)
 
     # ----------------------------------------------------------------- model plumbing
+    # Everything below is a pure function of its arguments (nothing is stored on the kernel
+    # at trace time), so one compiled program serves every run with the same shapes and the
+    # functional API (numpyro_jarzynski.infer.functional.smc) can jit and vmap it.
     @property
     def model(self):
         return self._model
 
-    def _make_codec(self, z_example):
-        spec = self._spec
-        cont = {n: z_example[n][0] for n in spec.continuous}
+    def _model_spec(self, model_args, model_kwargs, quiet=False):
+        """The model's sites (:func:`model_bridge.inspect_model`), checked against the moves.
+
+        ``quiet``: suppress the inspection's warnings (the run already gave them once)."""
+        model_kwargs = model_kwargs or {}
+        with warnings.catch_warnings():
+            if quiet:
+                warnings.simplefilter("ignore")
+            spec = bridge.inspect_model(self._model, model_args, model_kwargs,
+                                        self.prior_factors)
+        if self.gibbs is not None and not spec.discrete:
+            raise ValueError(
+                "move lists Gibbs(), but the model has no discrete latent sites for it to "
+                "update. Drop Gibbs() from move."
+            )
+        if self.waste_free and not spec.continuous:
+            raise ValueError(
+                "waste_free=True runs chains of the continuous move, but the model has no "
+                "continuous latent sites. Use waste_free=False."
+            )
+        if self.mass != DIAGONAL and not spec.continuous:
+            raise ValueError(
+                f"{_mass_arg(self.mass)} preconditions the gradient moves of the continuous "
+                "sites, but the model has none. Leave dense_mass=False and mass_rank=None."
+            )
+        if self._continuous_move is None and spec.continuous:
+            raise ValueError(
+                f"move=Gibbs() updates only the discrete sites, but the model has continuous "
+                f"latent sites ({', '.join(spec.continuous)}) that would never move. "
+                "Add a continuous move: move=[MALA(), Gibbs()]."
+            )
+        return spec
+
+    @staticmethod
+    def _layout(spec, z):
+        """``(codec, unravel, d)`` for a population ``z`` (dict of ``(N, ...)`` arrays)."""
+        cont = {n: z[n][0] for n in spec.continuous}
         _, unravel = ravel_pytree(cont)
-        self._unravel = unravel
 
         def split(z):
             x = jax.vmap(lambda zz: ravel_pytree({n: zz[n] for n in spec.continuous})[0])(z)
             return x, {n: z[n] for n in spec.discrete}
 
         def merge(x, disc):
-            z = jax.vmap(unravel)(x)
-            return {**z, **disc}
+            return {**jax.vmap(unravel)(x), **disc}
 
-        return Codec(split, merge)
+        dim = int(sum(np.prod(jnp.shape(z[n])[1:], dtype=int) for n in spec.continuous))
+        return Codec(split, merge), unravel, dim
 
-    def _evaluate_fn(self, model_args, model_kwargs):
-        """``evaluate(x, disc) -> ParticleCache``, rebuilt from the arguments given to
-        ``sample`` (so ``jit_model_args=True`` sees new data)."""
-        spec, unravel, model = self._spec, self._unravel, self._model
+    def _evaluate_fn(self, spec, unravel, model_args, model_kwargs):
+        """``evaluate(x, disc) -> ParticleCache``: both parts of ``log γ`` and their gradients
+        from one forward pass of the model per particle (one ``vjp``, pulled back along both
+        parts at once)."""
+        model = self._model
 
-        def parts(x, disc):
-            return bridge.split_log_density(model, model_args, model_kwargs, spec, unravel(x), disc)
+        def one(x, disc):
+            def parts(xx):
+                return bridge.split_log_density(model, model_args, model_kwargs, spec,
+                                                unravel(xx), disc)
 
-        def value_and_grad(index):
-            return jax.vmap(jax.value_and_grad(lambda x, d: parts(x, d)[index]))
-
-        lp_vg, ll_vg = value_and_grad(0), value_and_grad(1)
+            (lp, ll), pullback = jax.vjp(parts, x)
+            basis = jnp.eye(2, dtype=lp.dtype)
+            (grads,) = jax.vmap(pullback)((basis[0], basis[1]))
+            return lp, ll, grads[0], grads[1]
 
         def evaluate(x, disc):
-            lp, glp = lp_vg(x, disc)
-            ll, gll = ll_vg(x, disc)
-            return ParticleCache(lp, ll, glp, gll)
+            return ParticleCache(*jax.vmap(one)(x, disc))
 
         return evaluate
 
@@ -330,70 +377,61 @@ class JarzynskiSMC(MCMCKernel):
         move = move or self.move
         return min(move.default_step(dim), move.max_step)
 
-    # ----------------------------------------------------------------- MCMCKernel API
-    def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
+    def _settings_key(self):
+        """A hash of every setting the compiled programs depend on (a setting changed after
+        construction compiles a new program instead of reusing a stale one)."""
+        settings = (
+            self.num_particles, repr(self.move), repr(self.gibbs), self.discrete_first,
+            self._step_size, self.num_moves,
+            self.schedule if isinstance(self.schedule, str) else np.asarray(self.schedule),
+            self.target_ess, self.min_increment, self.resample_threshold, repr(self.resampling),
+            self.adapt_step_size, self.target_accept, self.init_particles or {},
+            self.prior_factors, self.waste_free, repr(self.mass), id(self._model),
+            None if self.mesh is None else repr(self.mesh.devices.tolist()),
+        )
+        return _fingerprint(settings, {})
+
+    def _check_num_warmup(self, num_warmup):
         if num_warmup < 1:
             raise ValueError(
                 "JarzynskiSMC needs num_warmup >= 1: warmup steps are the annealing stages "
                 "from prior (β = 0) to posterior (β = 1). Use e.g. num_warmup=100."
             )
+
+    # ----------------------------------------------------------------- MCMCKernel API
+    def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
+        self._check_num_warmup(num_warmup)
         if init_params is not None:
             raise ValueError(
                 "JarzynskiSMC starts from exact prior draws and ignores init_params; pass "
                 "init_particles=... to the kernel instead."
             )
         model_kwargs = model_kwargs or {}
-        self._spec = bridge.inspect_model(
-            self._model, model_args, model_kwargs, self.prior_factors
-        )
-        if self.gibbs is not None and not self._spec.discrete:
-            raise ValueError(
-                "move lists Gibbs(), but the model has no discrete latent sites for it to "
-                "update. Drop Gibbs() from move."
-            )
-        if self.waste_free and not self._spec.continuous:
-            raise ValueError(
-                "waste_free=True runs chains of the continuous move, but the model has no "
-                "continuous latent sites. Use waste_free=False."
-            )
-        if self.mass != DIAGONAL and not self._spec.continuous:
-            raise ValueError(
-                f"{_mass_arg(self.mass)} preconditions the gradient moves of the continuous "
-                "sites, but the model has none. Leave dense_mass=False and mass_rank=None."
-            )
-        if self._continuous_move is None and self._spec.continuous:
-            raise ValueError(
-                f"move=Gibbs() updates only the discrete sites, but the model has continuous "
-                f"latent sites ({', '.join(self._spec.continuous)}) that would never move. "
-                "Add a continuous move: move=[MALA(), Gibbs()]."
-            )
+        self._model_spec(model_args, model_kwargs)  # the model's errors and warnings, eagerly
         if not is_prng_key(rng_key):  # vectorized chains: a batch of keys
             return jax.vmap(lambda k: self._init_one(k, num_warmup, model_args, model_kwargs))(
                 rng_key
             )
         return self._init_one(rng_key, num_warmup, model_args, model_kwargs)
 
-    def _init_one(self, rng_key, num_warmup, model_args, model_kwargs):
+    def _init_one(self, rng_key, num_warmup, model_args, model_kwargs, quiet=True):
+        """The state before the first stage: a pure function of its arguments."""
+        spec = self._model_spec(model_args, model_kwargs, quiet=quiet)
         key_init, key_state = jax.random.split(rng_key)
         z, disc, log_w = bridge.draw_prior(
-            self._model, model_args, model_kwargs, self._spec, key_init, self.num_particles,
+            self._model, model_args, model_kwargs, spec, key_init, self.num_particles,
             self.init_particles,
         )
         z = {**z, **disc}
-        self._codec = self._make_codec(z)
-        dim = int(sum(np.prod(jnp.shape(z[n])[1:], dtype=int) for n in self._spec.continuous))
-        self._dim = dim
+        codec, unravel, dim = self._layout(spec, z)
         if self.mass.rank is not None and self.mass.rank >= dim:
             raise ValueError(
                 f"mass_rank={self.mass.rank} must be below the number of continuous "
                 f"coordinates d={dim}: a rank-{dim} correction is the dense mass. Use "
                 f"dense_mass=True, or mass_rank <= {dim - 1}."
             )
-        # Static settings only: the discrete move is built in `sample` from its own arguments
-        # (a move closed over the init-time arguments would reuse the first data set).
-        self._config = self._make_config(num_warmup)
-        evaluate = self._evaluate_fn(model_args, model_kwargs)
-        x, disc = self._codec.split(z)
+        evaluate = self._evaluate_fn(spec, unravel, model_args, model_kwargs)
+        x, disc = codec.split(z)
         cache = evaluate(x, disc)
         auto_steps = ()
         if isinstance(self.move, Auto):  # every candidate starts at its own default step
@@ -402,36 +440,60 @@ class JarzynskiSMC(MCMCKernel):
             h = auto_steps[0]
         else:
             h = self._step_size if self._step_size is not None else self._default_step_size(dim)
-        state = init_state(key_state, z, log_w, cache, h, num_warmup, self._codec, auto_steps)
-        self._sample_fn = self.sample
-        return state
+        return self._shard(
+            init_state(key_state, z, log_w, cache, h, num_warmup, codec, auto_steps))
 
-    def _finalize_config(self, config, model_args, model_kwargs):
-        """Attach the Gibbs move of the discrete sites, built from these model arguments."""
-        if not self._spec.discrete:
-            return config
-        g = self.gibbs or Gibbs()
-        move = make_discrete_move(
-            self._model, model_args, model_kwargs or {}, self._spec, self._unravel,
-            g.num_sweeps, g.scan, g.blocks,
-        )
-        return dataclasses.replace(config, discrete_move=move,
-                                   discrete_first=self.discrete_first)
+    def _shard(self, state):
+        """Constrain the particle axis of the population to the device mesh (a no-op on one
+        device): XLA partitions the stage around it."""
+        if self.mesh is None:
+            return state
+        sharding = NamedSharding(self.mesh, PartitionSpec("particles"))
+
+        def put(a):
+            return jax.lax.with_sharding_constraint(a, sharding)
+
+        return state._replace(z=jax.tree.map(put, state.z), log_weights=put(state.log_weights),
+                              cache=jax.tree.map(put, state.cache))
+
+    def _stage_program(self, spec, z, num_warmup, model_args, model_kwargs):
+        """``(evaluate, codec, config)`` of the stage for these model arguments (the Gibbs
+        move of the discrete sites is built from them, so new data is seen)."""
+        codec, unravel, _ = self._layout(spec, z)
+        evaluate = self._evaluate_fn(spec, unravel, model_args, model_kwargs)
+        config = self._make_config(num_warmup)
+        if spec.discrete:
+            g = self.gibbs or Gibbs()
+            move = make_discrete_move(
+                self._model, model_args, model_kwargs, spec, unravel, g.num_sweeps, g.scan,
+                g.blocks,
+            )
+            config = dataclasses.replace(config, discrete_move=move,
+                                         discrete_first=self.discrete_first)
+        return evaluate, codec, config
+
+    def _step(self, state, model_args, model_kwargs):
+        """One stage of one run: a pure function of its arguments."""
+        model_kwargs = model_kwargs or {}
+        spec = self._model_spec(model_args, model_kwargs, quiet=True)
+        num_warmup = state.history.beta.shape[-1]  # one history entry per annealing stage
+        evaluate, codec, config = self._stage_program(spec, state.z, num_warmup, model_args,
+                                                      model_kwargs)
+        return self._shard(
+            smc_step(self._shard(state), evaluate=evaluate, codec=codec, config=config))
 
     def sample(self, state, model_args, model_kwargs):
-        model_kwargs = model_kwargs or {}
-        evaluate = self._evaluate_fn(model_args, model_kwargs)
-        config = self._finalize_config(self._config, model_args, model_kwargs)
-        step = partial(smc_step, evaluate=evaluate, codec=self._codec, config=config)
-        if not is_prng_key(state.rng_key):  # chain_method="vectorized": a batch of runs
-            step = jax.vmap(step)
         # Failures are recorded in the state (``failed``, ``num_dead``, the stage history) and
         # reported from Python after the compiled run (numpyro_jarzynski.infer.report).
+        step = partial(self._step, model_args=model_args, model_kwargs=model_kwargs)
+        if not is_prng_key(state.rng_key):  # chain_method="vectorized": a batch of runs
+            step = jax.vmap(step)
         return step(state)
 
     def postprocess_fn(self, model_args, model_kwargs):
-        spec, model = self._spec, self._model
+        model = self._model
         model_kwargs = model_kwargs or {}
+        spec = self._model_spec(model_args, model_kwargs, quiet=True)
 
         def one(z):
             cont = {n: z[n] for n in spec.continuous}
@@ -478,6 +540,27 @@ class JarzynskiSMC(MCMCKernel):
 
     def get_diagnostics_str(self, state):
         return f"beta {float(state.beta):.3f}, ess {float(state.ess):.2f}, log Z {float(state.log_evidence):.3f}"
+
+
+def _particle_mesh(devices, num_particles):
+    """The ``Mesh`` over a ``"particles"`` axis that ``devices`` asks for (None: one device)."""
+    if devices is None:
+        return None
+    if isinstance(devices, str):
+        if devices != "all":
+            raise ValueError(f"devices must be None, 'all' or a list of devices, got {devices!r}.")
+        devices = jax.devices()
+    devices = list(devices)
+    if not devices or not all(isinstance(d, jax.Device) for d in devices):
+        raise TypeError(f"devices must be None, 'all' or a non-empty list of jax devices (e.g. "
+                        f"jax.devices()[:4]), got {devices!r}.")
+    if num_particles % len(devices):
+        per = -(-num_particles // len(devices))
+        raise ValueError(
+            f"num_particles={num_particles} cannot be split evenly over {len(devices)} devices: "
+            f"each device holds the same number of particles. Use num_particles="
+            f"{per * len(devices)} (a multiple of {len(devices)}).")
+    return Mesh(np.array(devices), ("particles",))
 
 
 def _check_mass(dense_mass, mass_rank):

@@ -1,0 +1,343 @@
+r"""Tempered SMC as pure, compiled programs.
+
+**The functional API.** :func:`smc` returns an :class:`SMCAlgorithm` whose ``init``, ``step``
+and ``run`` are pure functions of a key and the model's arguments, so they can be ``jit``-ed
+and ``vmap``-ped over keys *and over data sets*:
+
+.. code-block:: python
+
+    algo = numpyro_jarzynski.smc(model, num_stages=50, num_particles=1000)
+    init, step = algo                                  # BlackJAX style
+    state = jax.jit(algo.run)(jax.random.key(0), y)    # 50 stages from prior to posterior
+    state.log_evidence
+    algo.report(state)                                 # the run's warnings (or SMCFailure)
+
+    # 100 simulated data sets in one compiled call (simulation-based calibration):
+    keys = jax.random.split(jax.random.key(1), 100)
+    states = jax.jit(jax.vmap(algo.run))(keys, ys)     # ys: (100, n)
+
+Trouble is recorded in the state, never raised inside the compiled program:
+:meth:`SMCAlgorithm.report` raises and warns from Python afterwards, exactly as
+``mcmc.run`` does. Call it.
+
+**The compiled runs of** ``MCMC(JarzynskiSMC(model)).run``. NumPyro's ``MCMC.run`` rebuilds
+its ``jit`` wrappers on every call (``fori_collect`` passes a new ``jax.jit`` object as a
+static argument), so every call retraces and recompiles, for NUTS too. For a
+``JarzynskiSMC`` sampler :func:`run_chains` replaces that loop (called from
+:mod:`numpyro_jarzynski._numpyro_hooks`, the one place that touches ``MCMC``'s internals): the
+whole run (prior draw, every stage, the collection of the weighted populations) is one
+program, compiled once and kept on the kernel, keyed on the run's static settings and on
+
+* with ``jit_model_args=True``: the tree structure, shapes and dtypes of the model's array
+  arguments (new data of the same shapes reuses the program) and the values of its other
+  arguments (Python numbers, strings, ``None``: they are static, e.g. plate sizes);
+* with ``jit_model_args=False`` (NumPyro's default): the content of the arguments, which the
+  program closes over as constants, as NumPyro does (the same data reuses the program; new
+  data compiles a new one).
+
+With ``progress_bar=True`` the stages run one compiled call each under a ``tqdm`` bar (the
+same programs are reused across runs); with ``progress_bar=False`` the whole run is one call.
+"""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.util import nested_attrgetter
+
+from numpyro_jarzynski.infer import report
+
+# Compiled runs kept per kernel (least recently used dropped first).
+MAX_PROGRAMS = 16
+
+
+# --------------------------------------------------------------------------- data handling
+def _is_array(x):
+    return isinstance(x, (jax.Array, np.ndarray, np.generic))
+
+
+class _Data(NamedTuple):
+    """The model's arguments split into a static part and the arrays the program takes."""
+
+    key: Any  # hashable: what the compiled program depends on
+    dynamic: tuple  # arrays passed to the program (empty when it closes over the data)
+    rebuild: Any  # dynamic -> (args, kwargs)
+
+
+def split_data(args, kwargs, jit_model_args, fingerprint):
+    """:class:`_Data` for one run (module docstring: what the cache is keyed on)."""
+    kwargs = dict(kwargs or {})
+    if not jit_model_args:
+        return _Data(("const", fingerprint(args, kwargs)), (), lambda _: (args, kwargs))
+    leaves, treedef = jax.tree.flatten((args, kwargs))
+    is_dyn = [_is_array(leaf) for leaf in leaves]
+    static = [None if d else leaf for leaf, d in zip(leaves, is_dyn)]
+    avals = tuple(
+        (tuple(np.shape(leaf)), str(jnp.result_type(leaf)), getattr(leaf, "weak_type", False))
+        for leaf, d in zip(leaves, is_dyn) if d
+    )
+
+    def rebuild(dynamic):
+        it = iter(dynamic)
+        return jax.tree.unflatten(treedef, [next(it) if d else s for s, d in zip(static, is_dyn)])
+
+    key = ("jit", treedef, avals, fingerprint(static, {}))
+    return _Data(key, tuple(leaf for leaf, d in zip(leaves, is_dyn) if d), rebuild)
+
+
+# --------------------------------------------------------------------------- one run
+class RunPlan(NamedTuple):
+    """Static description of one ``mcmc.run`` (NumPyro's collection parameters)."""
+
+    num_warmup: int
+    lower: int  # first stage collected
+    upper: int  # number of stages run
+    thinning: int
+    collection_size: int  # number of collected populations
+    collect_fields: tuple  # state fields collected; the first is the sample field
+    remove_sites: tuple  # sample-field sites left out of the collection ("~z.site")
+    resumed: bool  # start from a given state (post_warmup_state) instead of the prior
+
+
+def _pieces(kernel, plan, rebuild, postprocess_fn):
+    """``(init, step, collect)`` of one chain, each ``f(·, dynamic_data)``."""
+
+    def init(key, dynamic):
+        args, kwargs = rebuild(dynamic)
+        return kernel._init_one(key, plan.num_warmup, args, kwargs)
+
+    def step(state, dynamic):
+        args, kwargs = rebuild(dynamic)
+        return kernel._step(state, args, kwargs)
+
+    def collect(state, dynamic):
+        args, kwargs = rebuild(dynamic)
+        fields = nested_attrgetter(*plan.collect_fields)(state)
+        fields = [fields] if len(plan.collect_fields) == 1 else list(fields)
+        post = postprocess_fn if postprocess_fn is not None else kernel.postprocess_fn(
+            args, kwargs)
+        z = post(fields[0])
+        if plan.remove_sites:
+            z = {k: v for k, v in z.items() if k not in plan.remove_sites}
+        fields[0] = z
+        return tuple(fields)
+
+    return init, step, collect
+
+
+def _collect_at(plan, i):
+    """Whether stage ``i`` (0-based, counted from the first stage run) is collected, and its
+    slot: NumPyro's ``fori_collect`` keeps the last stage of every block of ``thinning``."""
+    start = plan.lower + (plan.upper - plan.lower) % plan.thinning
+    j = i - start
+    return (j >= 0) & ((j + 1) % plan.thinning == 0), j // plan.thinning
+
+
+def _empty_collection(collect, state, dynamic, size):
+    proto = jax.eval_shape(collect, state, dynamic)
+    return jax.tree.map(lambda a: jnp.zeros((size, *a.shape), a.dtype), proto)
+
+
+def _whole_run(pieces, plan):
+    """One chain's whole run as one program: ``(start, dynamic) -> (last state, collection)``
+    (``start``: a key, or a state to resume from)."""
+    init, step, collect = pieces
+
+    def run(start, dynamic):
+        state = start if plan.resumed else init(start, dynamic)
+        collection = _empty_collection(collect, state, dynamic, plan.collection_size)
+
+        def body(i, carry):
+            state, collection = carry
+            state = step(state, dynamic)
+            if plan.collection_size == 0:
+                return state, collection
+            take, slot = _collect_at(plan, i)
+            slot = jnp.clip(slot, 0, plan.collection_size - 1)
+            collection = jax.lax.cond(
+                take,
+                lambda c: jax.tree.map(lambda a, v: a.at[slot].set(v), c,
+                                       collect(state, dynamic)),
+                lambda c: c,
+                collection,
+            )
+            return state, collection
+
+        return jax.lax.fori_loop(0, plan.upper, body, (state, collection))
+
+    return run
+
+
+def _stagewise_run(compiled, plan, progress_bar, desc):
+    """The same run one compiled stage at a time (for the progress bar)."""
+    from tqdm.auto import trange
+
+    init, step, collect, diagnostics = compiled
+
+    def run(start, dynamic):
+        state = start if plan.resumed else init(start, dynamic)
+        collected = []
+        with trange(plan.upper, disable=not progress_bar, desc=desc) as bar:
+            for i in bar:
+                state = step(state, dynamic)
+                take, _ = _collect_at(plan, i)
+                if take:
+                    collected.append(collect(state, dynamic))
+                if progress_bar and diagnostics is not None:
+                    bar.set_postfix_str(diagnostics(state), refresh=False)
+        if collected:
+            collection = jax.tree.map(lambda *v: jnp.stack(v), *collected)
+        else:
+            collection = _empty_collection(collect, state, dynamic, 0)
+        return state, collection
+
+    return run
+
+
+def _program(kernel, plan, data, chains, progress_bar, postprocess_fn):
+    """The compiled run for these settings, from the kernel's cache or built now.
+
+    ``chains``: ``(num_chains, chain_method)``."""
+    num_chains, chain_method = chains
+    method = chain_method if isinstance(chain_method, str) else ("callable", id(chain_method))
+    key = (plan, data.key, num_chains, method, bool(progress_bar), id(postprocess_fn),
+           kernel._settings_key())
+    cache = kernel._programs
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    # A new program: inspect the model eagerly first, so its errors and warnings come from
+    # Python with a readable traceback (they depend only on what the key holds).
+    kernel._model_spec(*data.rebuild(data.dynamic))
+    pieces = _pieces(kernel, plan, data.rebuild, postprocess_fn)
+    vectorized = num_chains > 1 and chain_method == "vectorized"
+    if num_chains > 1 and chain_method == "parallel":  # one chain per device, no bar
+        fn = jax.pmap(_whole_run(pieces, plan), in_axes=(0, None))
+    elif progress_bar:
+        init, step, collect = pieces
+        if vectorized:
+            init = jax.vmap(init, in_axes=(0, None))
+            step = jax.vmap(step, in_axes=(0, None))
+            collect = jax.vmap(collect, in_axes=(0, None))
+            diagnostics = None
+        else:
+            diagnostics = kernel.get_diagnostics_str
+        desc = "warmup" if plan.upper <= plan.num_warmup and not plan.resumed else "sample"
+        fn = _stagewise_run((jax.jit(init), jax.jit(step), jax.jit(collect), diagnostics),
+                            plan, progress_bar, desc)
+    else:
+        single = _whole_run(pieces, plan)
+        if vectorized:
+            single = jax.vmap(single, in_axes=(0, None))
+        fn = jax.jit(single)
+    cache[key] = fn
+    if len(cache) > MAX_PROGRAMS:
+        cache.popitem(last=False)
+    return fn
+
+
+def run_chains(kernel, start, data, plan, num_chains, chain_method, progress_bar,
+               postprocess_fn=None):
+    """All chains of one ``mcmc.run``: ``(collected fields dict, last state)``, laid out as
+    NumPyro's ``MCMC`` keeps them (fields ``(num_chains, collection_size, ...)``; the last
+    state with a leading chain axis when ``num_chains > 1``).
+
+    ``start``: a key (a batch of ``num_chains`` keys for several chains), or the state to
+    resume from (batched likewise)."""
+    fn = _program(kernel, plan, data, (num_chains, chain_method), progress_bar, postprocess_fn)
+    if num_chains == 1:
+        last, fields = fn(start, data.dynamic)
+        fields = jax.tree.map(lambda a: a[None], fields)
+    elif chain_method == "vectorized":
+        last, fields = fn(start, data.dynamic)
+    elif callable(chain_method):
+        last, fields = chain_method(lambda s: fn(s, data.dynamic))(start)
+    elif chain_method == "parallel":
+        last, fields = fn(start, data.dynamic)
+    else:  # "sequential" (NumPyro turns "parallel" with too few devices into it)
+        outs = [fn(jax.tree.map(lambda a, c=c: a[c], start), data.dynamic)
+                for c in range(num_chains)]
+        last, fields = jax.tree.map(lambda *v: jnp.stack(v), *outs)
+    states = dict(zip(plan.collect_fields, fields))
+    return states, last
+
+
+# --------------------------------------------------------------------------- functional API
+class SMCAlgorithm:
+    """Tempered SMC of one model as pure functions (see the module docstring).
+
+    ``init, step = algo`` unpacks like BlackJAX's ``SamplingAlgorithm``.
+
+    * ``init(rng_key, *model_args, **model_kwargs) -> SMCState``: exact prior draws.
+    * ``step(state, *model_args, **model_kwargs) -> SMCState``: one stage (β chosen by the
+      schedule; stages after the ``num_stages``-th stay at β = 1 and only mix).
+    * ``run(rng_key, *model_args, **model_kwargs) -> SMCState``: ``init`` and
+      ``num_stages`` stages; ``state.log_evidence`` is the estimate of ``log p(y)``, the
+      weighted population is ``state.z`` (unconstrained) with ``state.log_weights``.
+    * ``samples(state, *model_args, **model_kwargs)``: the population in constrained space
+      (with deterministic sites), a dict of ``(N, ...)`` arrays.
+    * ``report(state)``: raise :class:`~numpyro_jarzynski.infer.report.SMCFailure` if the
+      run failed, warn about every problem it recorded; returns the
+      :class:`~numpyro_jarzynski.infer.report.RunHealth` of each run (of each element of a
+      ``vmap``-ped batch, flattened).
+
+    All of them are pure (no state on the object) and can be ``jit``-ed, ``vmap``-ped over
+    keys and over data sets, and nested in other JAX programs.
+    """
+
+    def __init__(self, kernel, num_stages):
+        kernel._check_num_warmup(num_stages)
+        self.kernel = kernel
+        self.num_stages = int(num_stages)
+
+    def __iter__(self):
+        return iter((self.init, self.step))
+
+    def __repr__(self):
+        return (f"SMCAlgorithm(num_stages={self.num_stages}, "
+                f"num_particles={self.kernel.num_particles}, move={self.kernel.move!r})")
+
+    def init(self, rng_key, *model_args, **model_kwargs):
+        return self.kernel._init_one(rng_key, self.num_stages, model_args, model_kwargs,
+                                     quiet=False)
+
+    def step(self, state, *model_args, **model_kwargs):
+        return self.kernel._step(state, model_args, model_kwargs)
+
+    def run(self, rng_key, *model_args, **model_kwargs):
+        state = self.init(rng_key, *model_args, **model_kwargs)
+        return jax.lax.fori_loop(
+            0, self.num_stages, lambda _, s: self.step(s, *model_args, **model_kwargs), state)
+
+    def samples(self, state, *model_args, **model_kwargs):
+        return self.kernel.postprocess_fn(model_args, model_kwargs)(state.z)
+
+    def report(self, state):
+        batch = state.log_evidence.shape
+        chains = int(np.prod(batch)) if batch else None
+        flat = jax.tree.map(
+            lambda a: jnp.reshape(a, (chains, *jnp.shape(a)[len(batch):])), state
+        ) if batch else state
+        return report.report_run(flat, self.kernel.num_particles, self.kernel.target_ess,
+                                 num_chains=chains, stacklevel=3,
+                                 num_moves=self.kernel.num_moves)
+
+
+def smc(model, *, num_stages=100, **options):
+    """Tempered SMC of ``model`` from prior to posterior in ``num_stages`` stages, as pure
+    functions (:class:`SMCAlgorithm`).
+
+    ``options`` are those of :class:`~numpyro_jarzynski.JarzynskiSMC` (``num_particles``,
+    ``move``, ``step_size``, ``num_moves``, ``schedule``, ``target_ess``, ...), validated the
+    same way; ``num_stages`` plays the role of ``num_warmup``. The programs are the ones
+    ``MCMC(JarzynskiSMC(model, **options), num_warmup=num_stages).run`` compiles: for the
+    same key and data, ``algo.run(key, *args)`` is the state ``mcmc.warmup(key, *args)``
+    leaves in ``mcmc.last_state``.
+    """
+    from numpyro_jarzynski.infer.jarzynski_smc import JarzynskiSMC
+
+    return SMCAlgorithm(JarzynskiSMC(model, **options), num_stages)
+
+
+__all__ = ["RunPlan", "SMCAlgorithm", "run_chains", "smc", "split_data"]
