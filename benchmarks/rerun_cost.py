@@ -195,6 +195,8 @@ def sbc_row(num_data):
     mcmc = MCMC(JarzynskiSMC(schools_noncentred, num_particles=N, num_moves=NUM_MOVES),
                 num_warmup=30, num_samples=1, progress_bar=False, jit_model_args=True)
 
+    mcmc.run(keys[0], sigma, ys[0])  # compile once (the reruns reuse the program)
+
     def sequential():
         out = []
         for i in range(num_data):
@@ -215,9 +217,11 @@ def sbc_row(num_data):
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--sbc-only", action="store_true", help="only the many-data-sets part")
     a = p.parse_args(argv)
     reps, num_data = (2, 20) if a.quick else (3, 100)
-    numpyro.set_host_device_count(1)
+    if a.sbc_only:
+        return print_sbc(sbc_row(num_data))
     print(f"jax {jax.__version__}, numpyro {numpyro.__version__}, blackjax "
           f"{blackjax.__version__}, {platform.machine()}, {os.cpu_count()} cores; N={N}, "
           f"{NUM_MOVES} moves/stage; compilation included")
@@ -243,14 +247,16 @@ def main(argv=None):
                   f"{med('nuts_second_cpu'):5.2f} ({med('nuts_second_wall'):5.2f}) "
                   f"{med('ours_second_cpu') / med('nuts_second_cpu'):8.3f}")
             print(f"{'':20s} NUTS first call {med('nuts_first_cpu'):.2f} CPU s")
-    s = sbc_row(num_data)
+    print_sbc(sbc_row(num_data))
+
+
+def print_sbc(s):
     print(f"\neight schools, {s['num_data']} data sets x {N} particles, 30 stages:")
     print(f"  one vmapped compiled call (incl. compile): {s['vmap_cpu']:.2f} CPU s "
           f"({s['vmap_wall']:.2f} wall); again, compiled: {s['vmap_again_cpu']:.2f} CPU s")
-    print(f"  {s['num_data']} sequential mcmc.run calls (one program, reused): "
-          f"{s['seq_cpu']:.2f} CPU s ({s['seq_wall']:.2f} wall)")
-    print(f"  ratio sequential / vmapped: {s['seq_cpu'] / s['vmap_cpu']:.2f} (incl. compile), "
-          f"{s['seq_cpu'] / s['vmap_again_cpu']:.2f} (compiled)")
+    print(f"  {s['num_data']} sequential mcmc.run calls on one compiled program (compile "
+          f"excluded): {s['seq_cpu']:.2f} CPU s ({s['seq_wall']:.2f} wall)")
+    print(f"  ratio sequential / vmapped, both compiled: {s['seq_cpu'] / s['vmap_again_cpu']:.2f}")
 
 
 if __name__ == "__main__":

@@ -123,8 +123,10 @@ class JarzynskiSMC(MCMCKernel):
         ``jax.distributed.initialize()``) or a list of devices. The particle axis of the
         population is sharded over a ``jax.sharding.Mesh`` with one axis ``"particles"``;
         the weights' statistics (log-sum-exp, ESS, the β bisection) and the resampling are
-        global (XLA inserts the collectives), so the run is the one-device run: same key,
-        same result, up to the order of floating-point sums. ``num_particles`` must be a
+        global (XLA inserts the collectives), so the run is the one-device algorithm with
+        the same random numbers; sums are taken in another order, so it agrees with the
+        one-device run to rounding until a last-bit difference flips a resampling index or
+        an accept decision, and then within Monte Carlo error. ``num_particles`` must be a
         multiple of the number of devices. Default ``None``: one device. See
         ``docs/smc.md`` ("Particles over several devices").
     :param float target_ess: conditional ESS per stage targeted by the adaptive schedule.
