@@ -104,11 +104,13 @@ def test_gaussian_endpoint_weighted_exact_unweighted_biased(gauss_run):
         sq = (res.x[:, i] - mean[i]) ** 2
         v, se_v = weighted_estimate(res.log_weights, sq)
         assert abs(v - cov[i, i]) < 4 * se_v
-    # The unweighted variance of the long axis is biased by many standard errors
-    # (measured: −0.20 for A, −0.09 for B; standard error ≈ 0.016).
+    # The unweighted variance of the long axis is biased low by several standard errors
+    # (measured: −0.20 for A; for B −0.09 with jax.random's draws and −0.059 with the
+    # engine's Box-Muller draws, standard error ≈ 0.016): a one-sided 3-se test (an unbiased
+    # estimate passes it with probability 0.1 %).
     sq = (res.x[:, 0] - mean[0]) ** 2
     unweighted, se_u = float(jnp.mean(sq)), float(jnp.std(sq) / np.sqrt(sq.shape[0]))
-    assert cov[0, 0] - unweighted > 4 * se_u
+    assert cov[0, 0] - unweighted > 3 * se_u
     # same key, same result
     again = sampler.run(jax.random.key(2), x0)
     np.testing.assert_array_equal(again.log_weights, res.log_weights)

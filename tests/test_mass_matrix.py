@@ -17,6 +17,7 @@ from scipy.stats import multivariate_normal
 
 from numpyro_jarzynski import JarzynskiSMC
 from numpyro_jarzynski.engine import kernels as K
+from numpyro_jarzynski.engine import noise
 from numpyro_jarzynski.engine import preconditioner as PC
 
 D = 5
@@ -75,7 +76,7 @@ def test_a_ula_step_moves_with_the_factor():
     target = K.density_target(lambda x: -0.5 * jnp.sum(x**2))
     x = jax.random.normal(jax.random.key(1), (6, D))
     out = K.ULA().propose(jax.random.key(2), x, target.evaluate(x), target, 0.2, dense)
-    xi = jax.random.normal(jax.random.key(2), x.shape, x.dtype)
+    xi = noise.normal(jax.random.key(2), x.shape, x.dtype)  # the moves' Gaussian draws
     m = _explicit(dense)
     g = -np.asarray(x, np.float64)
     want = np.asarray(x) + 0.2 * g @ (m @ m.T).T + np.sqrt(0.4) * np.asarray(xi) @ m.T

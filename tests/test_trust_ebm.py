@@ -68,12 +68,14 @@ def test_trainer_all_walkers_dead_raises_floating_point_error_with_completed_wor
         k: (3,) for k in ("cross_entropy", "log_z", "log_z_grad", "ess", "ess_log_z",
                           "log_z_mc_var", "resampled", "loss", "param_max", "dead")
     }
-    np.testing.assert_allclose(err.history["param_max"], [0.32446682, 0.63093311, 0.91802794],
+    # Snapshot of this seed (the infinite-walker trajectory is 0.30, 0.585, 0.856; the
+    # 16-walker sd 0.017-0.048), with the engine's Box-Muller draws (engine.noise).
+    np.testing.assert_allclose(err.history["param_max"], [0.29108986, 0.56053895, 0.82817376],
                                rtol=1e-5)
     # The kept state is the last good one (before update 3), healthy, resumable.
     state = err.result.state
     assert int(state.step) == 3 and int(state.failure) == 0 and int(state.failed_at) == -1
-    np.testing.assert_allclose(float(err.result.params["m"]), 0.91802794, rtol=1e-5)
+    np.testing.assert_allclose(float(err.result.params["m"]), 0.82817376, rtol=1e-5)
     assert np.isfinite(np.asarray(state.log_weights)).all()
 
     # The compiled chunks (`steps`, as run uses them) record the failure in the state and
@@ -83,7 +85,7 @@ def test_trainer_all_walkers_dead_raises_floating_point_error_with_completed_wor
         state, stats = trainer._steps_jit(state, DATA3, 2, None, (), {})
         losses.append(np.asarray(stats["loss"]))
     assert (int(state.failure), int(state.failed_at), int(state.step)) == (2, 3, 3)
-    np.testing.assert_allclose(float(state.params["m"]), 0.91802794, rtol=1e-5)
+    np.testing.assert_allclose(float(state.params["m"]), 0.82817376, rtol=1e-5)
     loss = np.concatenate(losses)
     assert np.isfinite(loss[:3]).all() and np.isnan(loss[3:]).all()
 

@@ -331,23 +331,27 @@ class JarzynskiSMC(MCMCKernel):
         return Codec(split, merge), unravel, dim
 
     def _evaluate_fn(self, spec, unravel, model_args, model_kwargs):
-        """``evaluate(x, disc) -> ParticleCache``: both parts of ``log γ`` and their gradients
-        from one forward pass of the model per particle (one ``vjp``, pulled back along both
-        parts at once)."""
+        """``evaluate(x, disc) -> ParticleCache``: both parts of ``log γ`` and their gradients.
+
+        Two ``value_and_grad`` passes (one per part). One ``vjp`` pulled back along both parts
+        would share the forward pass, but XLA compiled it, under ``jit`` with the data as an
+        argument, into a program 13x slower at N = 10⁴ and growing faster than N (measured on
+        a d = 10 Gaussian: 162 ms against 12 ms per evaluation of all particles)."""
         model = self._model
 
-        def one(x, disc):
-            def parts(xx):
-                return bridge.split_log_density(model, model_args, model_kwargs, spec,
-                                                unravel(xx), disc)
+        def parts(x, disc):
+            return bridge.split_log_density(model, model_args, model_kwargs, spec, unravel(x),
+                                            disc)
 
-            (lp, ll), pullback = jax.vjp(parts, x)
-            basis = jnp.eye(2, dtype=lp.dtype)
-            (grads,) = jax.vmap(pullback)((basis[0], basis[1]))
-            return lp, ll, grads[0], grads[1]
+        def value_and_grad(index):
+            return jax.vmap(jax.value_and_grad(lambda x, d: parts(x, d)[index]))
+
+        lp_vg, ll_vg = value_and_grad(0), value_and_grad(1)
 
         def evaluate(x, disc):
-            return ParticleCache(*jax.vmap(one)(x, disc))
+            lp, glp = lp_vg(x, disc)
+            ll, gll = ll_vg(x, disc)
+            return ParticleCache(lp, ll, glp, gll)
 
         return evaluate
 

@@ -1,0 +1,58 @@
+"""Memory per particle and cost against N (issue 11: N = 10⁶ at d = 10 in ≤ 1 KB per particle,
+cost linear in N).
+
+For a d = 10 Gaussian model (20 observations), ``jax.jit(smc(model).run)`` is compiled at each
+N and XLA's own ``memory_analysis()`` of the compiled program gives the bytes it needs:
+arguments, outputs and temporaries (the peak working set of the run, not counting the
+program's code). The run is then timed once, compilation excluded, process CPU time beside
+wall time, so the cost per particle and stage shows whether it is linear in N.
+
+Run: ``python benchmarks/memory_per_particle.py`` (``--sizes 10000,100000`` for a quick run).
+"""
+
+import argparse
+import time
+
+import jax
+import numpyro
+import numpyro.distributions as dist
+
+import numpyro_jarzynski as nj
+
+D = 10
+
+
+def model(y):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 2.0).expand([D]).to_event(1))
+    with numpyro.plate("n", y.shape[0]):
+        numpyro.sample("y", dist.Normal(mu, 1.0).to_event(1), obs=y)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--sizes", default="10000,100000,1000000")
+    p.add_argument("--stages", type=int, default=10)
+    p.add_argument("--move", default="mala")
+    a = p.parse_args(argv)
+    y = jax.random.normal(jax.random.key(1), (20, D)) + 1.0
+    print(f"d={D}, {a.stages} stages, move={a.move}, 2 moves/stage, float32, "
+          f"{jax.devices()[0].platform}; compilation excluded from the times")
+    print(f"{'N':>9s} {'bytes/particle':>15s} {'(args+out+temp)':>16s} {'run wall s':>11s} "
+          f"{'run CPU s':>10s} {'CPU us/particle/stage':>22s} {'log Z':>10s}")
+    for n in (int(s) for s in a.sizes.split(",")):
+        algo = nj.smc(model, num_stages=a.stages, num_particles=n, move=a.move)
+        compiled = jax.jit(algo.run).lower(jax.random.key(0), y).compile()
+        m = compiled.memory_analysis()
+        total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+        c, w = time.process_time(), time.perf_counter()
+        state = jax.block_until_ready(compiled(jax.random.key(0), y))
+        cpu, wall = time.process_time() - c, time.perf_counter() - w
+        print(f"{n:9d} {total / n:15.0f} {m.argument_size_in_bytes:>5d}+"
+              f"{m.output_size_in_bytes}+{m.temp_size_in_bytes} {wall:11.2f} {cpu:10.2f} "
+              f"{1e6 * cpu / (n * a.stages):22.3f} {float(state.log_evidence):10.4f}",
+              flush=True)
+        algo.report(state)
+
+
+if __name__ == "__main__":
+    main()
