@@ -7,7 +7,11 @@ arguments, outputs and temporaries (the peak working set of the run, not countin
 program's code). The run is then timed once, compilation excluded, process CPU time beside
 wall time, so the cost per particle and stage shows whether it is linear in N.
 
-Run: ``python benchmarks/memory_per_particle.py`` (``--sizes 10000,100000`` for a quick run).
+The working set per particle grows with the model's data: the vmapped log density keeps its
+per-observation terms for the backward pass (``--num-obs``).
+
+Run: ``python benchmarks/memory_per_particle.py`` (``--sizes 10000,100000`` for a quick run,
+``--no-run`` for the memory only).
 """
 
 import argparse
@@ -33,9 +37,13 @@ def main(argv=None):
     p.add_argument("--sizes", default="10000,100000,1000000")
     p.add_argument("--stages", type=int, default=10)
     p.add_argument("--move", default="mala")
+    p.add_argument("--num-obs", type=int, default=20,
+                   help="observations of the model (each a d-vector)")
+    p.add_argument("--no-run", action="store_true", help="memory only (compile, no run)")
     a = p.parse_args(argv)
-    y = jax.random.normal(jax.random.key(1), (20, D)) + 1.0
-    print(f"d={D}, {a.stages} stages, move={a.move}, 2 moves/stage, float32, "
+    y = jax.random.normal(jax.random.key(1), (a.num_obs, D)) + 1.0
+    print(f"d={D}, {a.num_obs} observations, {a.stages} stages, move={a.move}, 2 moves/stage, "
+          "float32, "
           f"{jax.devices()[0].platform}; compilation excluded from the times")
     print(f"{'N':>9s} {'bytes/particle':>15s} {'(args+out+temp)':>16s} {'run wall s':>11s} "
           f"{'run CPU s':>10s} {'CPU us/particle/stage':>22s} {'log Z':>10s}")
@@ -44,6 +52,10 @@ def main(argv=None):
         compiled = jax.jit(algo.run).lower(jax.random.key(0), y).compile()
         m = compiled.memory_analysis()
         total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+        if a.no_run:
+            print(f"{n:9d} {total / n:15.0f} {m.argument_size_in_bytes:>5d}+"
+                  f"{m.output_size_in_bytes}+{m.temp_size_in_bytes}", flush=True)
+            continue
         c, w = time.process_time(), time.perf_counter()
         state = jax.block_until_ready(compiled(jax.random.key(0), y))
         cpu, wall = time.process_time() - c, time.perf_counter() - w
