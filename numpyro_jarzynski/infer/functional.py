@@ -169,8 +169,11 @@ def _whole_run(pieces, plan):
     return run
 
 
-def _stagewise_run(compiled, plan, progress_bar, desc):
-    """The same run one compiled stage at a time (for the progress bar)."""
+def _stagewise_run(compiled, plan, progress_bar, desc, chain_axis=False):
+    """The same run one compiled stage at a time (for the progress bar). ``chain_axis``: the
+    pieces are vmapped over chains, so a collected field is ``(chains, ...)`` and the
+    collection is laid out ``(chains, stages, ...)``."""
+    axis = 1 if chain_axis else 0
     from tqdm.auto import trange
 
     init, step, collect, diagnostics = compiled
@@ -187,9 +190,10 @@ def _stagewise_run(compiled, plan, progress_bar, desc):
                 if progress_bar and diagnostics is not None:
                     bar.set_postfix_str(diagnostics(state), refresh=False)
         if collected:
-            collection = jax.tree.map(lambda *v: jnp.stack(v), *collected)
+            collection = jax.tree.map(lambda *v: jnp.stack(v, axis=axis), *collected)
         else:
-            collection = _empty_collection(collect, state, dynamic, 0)
+            collection = jax.tree.map(lambda a: jnp.moveaxis(a, 0, axis),
+                                      _empty_collection(collect, state, dynamic, 0))
         return state, collection
 
     return run
@@ -225,7 +229,7 @@ def _program(kernel, plan, data, chains, progress_bar, postprocess_fn):
             diagnostics = kernel.get_diagnostics_str
         desc = "warmup" if plan.upper <= plan.num_warmup and not plan.resumed else "sample"
         fn = _stagewise_run((jax.jit(init), jax.jit(step), jax.jit(collect), diagnostics),
-                            plan, progress_bar, desc)
+                            plan, progress_bar, desc, chain_axis=vectorized)
     else:
         single = _whole_run(pieces, plan)
         if vectorized:
