@@ -12,8 +12,9 @@ with JAX's default threefry PRNG these draws cost more than the gradient of a sm
   times a ``log``; the Box–Muller transform (one ``log``, ``sqrt``, ``cos``, ``sin`` per pair)
   is exact too and much cheaper.
 
-:func:`split` and :func:`uniform` therefore return exactly what ``jax.random.split`` and
-``jax.random.uniform`` return for the same key (bit for bit: only the hash is written out);
+:func:`split` and :func:`bits` therefore return exactly what ``jax.random.split`` and
+``jax.random.bits`` return for the same key (bit for bit: only the hash is written out; so does
+:func:`uniform` on ``[0, 1)``, ``tests/test_engine.py``);
 :func:`normal` is a different, equally exact, standard normal stream (Box–Muller on the two
 32-bit words of each threefry block), deterministic in the key: the same user key still
 gives the same run, on any backend and any sharding (the bits are a pure function of the key
@@ -74,7 +75,12 @@ def _blocks(data, shape):
     # The barrier keeps XLA from evaluating the hash at compile time when the key is a
     # constant of the program (it would fold N × d draws in its slow constant evaluator).
     data = jax.lax.optimization_barrier(data)
-    return threefry2x32(data[0], data[1], jnp.zeros_like(lo), lo)
+    # Both words from one fused loop, materialised: left to itself XLA fuses the whole hash
+    # into every consumer of either word (twice per draw, and again into each use of the
+    # draw), which doubled the compile time of a stage and the run time of its draws.
+    both = jax.lax.optimization_barrier(
+        jnp.stack(threefry2x32(data[0], data[1], jnp.zeros_like(lo), lo)))
+    return both[0], both[1]
 
 
 def bits(key, shape):
@@ -103,8 +109,10 @@ def _unit(b):
 
 
 def uniform(key, shape=(), dtype=None, minval=0.0, maxval=1.0):
-    """``jax.random.uniform(key, shape, dtype, minval, maxval)``, bit for bit (threefry keys,
-    float32; other dtypes use ``jax.random``)."""
+    """``jax.random.uniform(key, shape, dtype, minval, maxval)`` (threefry keys, float32; other
+    dtypes use ``jax.random``): bit for bit on ``[0, 1)``; with other bounds within an ulp of
+    ``hi − lo`` (the affine map ``u·(hi − lo) + lo``, which XLA may or may not fuse into an
+    FMA)."""
     dtype = jnp.dtype(jnp.result_type(float) if dtype is None else dtype)
     data = _key_data(key)
     if data is None or dtype != jnp.float32:

@@ -12,6 +12,8 @@ and ``vmap``-ped over keys *and over data sets*:
     state.log_evidence
     algo.report(state)                                 # the run's warnings (or SMCFailure)
 
+    # or a log density: nj.smc(log_likelihood=f, prior=dist.Normal(jnp.zeros(d), 1.0).to_event(1))
+
     # 100 simulated data sets in one compiled call (simulation-based calibration):
     keys = jax.random.split(jax.random.key(1), 100)
     states = jax.jit(jax.vmap(algo.run))(keys, ys)     # ys: (100, n)
@@ -328,9 +330,9 @@ class SMCAlgorithm:
                                  num_moves=self.kernel.num_moves)
 
 
-def smc(model, *, num_stages=100, **options):
-    """Tempered SMC of ``model`` from prior to posterior in ``num_stages`` stages, as pure
-    functions (:class:`SMCAlgorithm`).
+def smc(model=None, *, log_likelihood=None, prior=None, num_stages=100, **options):
+    """Tempered SMC from prior to posterior in ``num_stages`` stages, as pure functions
+    (:class:`SMCAlgorithm`), of a NumPyro ``model`` or of a log density.
 
     ``options`` are those of :class:`~numpyro_jarzynski.JarzynskiSMC` (``num_particles``,
     ``move``, ``step_size``, ``num_moves``, ``schedule``, ``target_ess``, ...), validated the
@@ -338,10 +340,63 @@ def smc(model, *, num_stages=100, **options):
     ``MCMC(JarzynskiSMC(model, **options), num_warmup=num_stages).run`` compiles: for the
     same key and data, ``algo.run(key, *args)`` is the state ``mcmc.warmup(key, *args)``
     leaves in ``mcmc.last_state``.
+
+    **A log density instead of a model** (BlackJAX style): pass ``log_likelihood(x, *args,
+    **kwargs) -> scalar`` and ``prior``, a NumPyro distribution of one particle ``x`` (e.g.
+    ``dist.Normal(jnp.zeros(d), 1.0).to_event(1)``) that the run draws from exactly and whose
+    log density is the untempered part; the likelihood is tempered from β = 0 to 1, and
+    ``state.log_evidence`` estimates ``log ∫ prior(x) exp(log_likelihood(x)) dx``. The
+    population is the site ``"x"`` (``algo.samples(state)["x"]``, constrained to the prior's
+    support; the moves run in its unconstrained space).
     """
     from numpyro_jarzynski.infer.jarzynski_smc import JarzynskiSMC
 
+    if log_likelihood is not None or prior is not None:
+        model = _log_density_model(model, log_likelihood, prior)
+    elif model is None:
+        raise TypeError(
+            "smc() needs a NumPyro model, smc(model, ...), or a log density, "
+            "smc(log_likelihood=f, prior=dist.Normal(jnp.zeros(d), 1.0).to_event(1), ...)."
+        )
     return SMCAlgorithm(JarzynskiSMC(model, **options), num_stages)
+
+
+def _log_density_model(model, log_likelihood, prior):
+    """The NumPyro model of ``smc(log_likelihood=..., prior=...)``: one site ``"x"`` drawn
+    from ``prior`` and a likelihood factor (tempered)."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    if model is not None:
+        raise TypeError("smc() takes either a model or log_likelihood= and prior=, not both.")
+    if log_likelihood is None or not callable(log_likelihood):
+        raise TypeError(
+            "smc(prior=...) also needs log_likelihood=f, a function f(x, *args, **kwargs) -> "
+            "scalar log-likelihood of one particle x."
+        )
+    if not isinstance(prior, dist.Distribution):
+        raise TypeError(
+            "smc(log_likelihood=...) also needs prior=, a NumPyro distribution of one particle "
+            "that the run can draw from exactly, e.g. prior=dist.Normal(jnp.zeros(d), "
+            f"1.0).to_event(1); got {type(prior).__name__}."
+        )
+    if prior.batch_shape:
+        raise ValueError(
+            f"prior has batch shape {prior.batch_shape}: it must describe one particle (an "
+            "event). Use prior.to_event() (e.g. dist.Normal(jnp.zeros(d), 1.0).to_event(1))."
+        )
+
+    def model(*args, **kwargs):
+        x = numpyro.sample("x", prior)
+        ll = jnp.asarray(log_likelihood(x, *args, **kwargs))
+        if ll.shape != ():
+            raise ValueError(
+                f"log_likelihood(x, ...) must return a scalar for one particle, got shape "
+                f"{ll.shape}. Sum over the observations (the run vmaps over particles)."
+            )
+        numpyro.factor("log_likelihood", ll)
+
+    return model
 
 
 __all__ = ["RunPlan", "SMCAlgorithm", "run_chains", "smc", "split_data"]
