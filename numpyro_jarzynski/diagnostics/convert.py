@@ -167,6 +167,7 @@ HEALTH_FIELDS = (
     "num_unstable_stages",
     "num_step_reductions",
     "num_dead",
+    "num_failed",
     "max_khat_before_resampling",
     "suggested_num_warmup",
     "failed",
@@ -206,6 +207,8 @@ def stage_dataset(mcmc):
         "increment, before resampling",
         "num_dead": "particles that died in the stage (density NaN or infinite, or a weight "
                     "below e^-1000 of the largest)",
+        "num_failed": "particles that died in the stage because their density or weight "
+                      "increment was not finite (the rest of num_dead had negligible weight)",
         "resampled": "number of resamplings in the stage",
         "jump": "squared jump of the stage's moves, in units of the preconditioner's scale "
         "(about 1 per move for a fresh draw)",

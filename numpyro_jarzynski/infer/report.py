@@ -71,8 +71,9 @@ class RunHealth:
     min_move_stage: int
     num_unstable_stages: int
     num_step_reductions: int
-    num_dead: int
-    first_dead_stage: int
+    num_dead: int  # particles that died (weight −inf), for any reason
+    num_failed: int  # of which with a density (or increment) that was not finite
+    first_dead_stage: int  # first stage where one failed (−1: none, or only initial draws)
     max_khat_before_resampling: float
     max_khat_stage: int
     median_renewal: float  # median squared jump of the moves between two resamplings
@@ -145,8 +146,9 @@ def run_health(state, num_particles, target_ess=0.9, num_chains=None, num_moves=
     out = []
     for c in range(num_chains):
         h = _chain_view(state.history, c, num_chains)
-        ess, num_dead, failed, fail_stage, fail_beta = _chain_view(
-            (state.ess, state.num_dead, state.failed, state.fail_stage, state.fail_beta),
+        ess, num_dead, num_failed, failed, fail_stage, fail_beta = _chain_view(
+            (state.ess, state.num_dead, state.num_failed, state.failed, state.fail_stage,
+             state.fail_beta),
             c, num_chains,
         )
         ran = np.isfinite(h.beta)
@@ -158,7 +160,7 @@ def run_health(state, num_particles, target_ess=0.9, num_chains=None, num_moves=
         khat = h.pareto_khat_before_resampling[ran]
         khat = np.where(np.isnan(khat), -np.inf, khat)  # NaN: undefined (tied lattice weights)
         kh_i = int(np.argmax(khat)) if khat.size else -1
-        dead_stages = np.flatnonzero(h.num_dead[ran] > 0)
+        dead_stages = np.flatnonzero(h.num_failed[ran] > 0)
         steps = h.step_size[ran]
         same = h.move_index[ran][1:] == h.move_index[ran][:-1]  # move="auto" switches steps
         reductions = int(np.sum(same & (steps[1:] < 0.5 * steps[:-1]))) if steps.size > 1 else 0
@@ -182,6 +184,7 @@ def run_health(state, num_particles, target_ess=0.9, num_chains=None, num_moves=
             num_unstable_stages=int(np.sum(h.move_cess[ran] < UNSAFE_CESS)),
             num_step_reductions=reductions,
             num_dead=int(num_dead),
+            num_failed=int(num_failed),
             first_dead_stage=int(dead_stages[0]) if dead_stages.size else -1,
             max_khat_before_resampling=float(khat[kh_i]) if kh_i >= 0 else float("nan"),
             max_khat_stage=kh_i,
@@ -261,10 +264,11 @@ def messages(h):
             f"({h.num_step_reductions} reduction(s)); use a smaller step_size, more num_warmup, "
             "or move='mala'."
         )
-    if h.num_dead and not h.failed:
+    # Particles dropped only for a weight more than e^-1000 below the largest carry nothing
+    # (dropping them is exact); those whose density was not finite truncate the posterior.
+    if h.num_failed and not h.failed:
         out.append(
-            f"In chain {c}, {h.num_dead} particle(s) died (density NaN or infinite, or a weight "
-            f"below e^-1000 of the largest), first "
+            f"In chain {c}, {h.num_failed} particle(s) died (density NaN or infinite), first "
             + (f"at {_where(h, h.first_dead_stage)}" if h.first_dead_stage >= 0
                else "among the initial (prior) draws")
             + (". The unadjusted moves were unstable in this run, so these are most "

@@ -94,7 +94,8 @@ class StageHistory(NamedTuple):
     Metropolis-adjusted moves); ``resampled``: number of resamplings in the stage;
     ``pareto_khat_before_resampling``: k-hat of the weights before resampling;
     ``num_dead``: particles that died in the stage (density NaN or infinite, or a
-    weight below e^-1000 of the largest); ``jump``: how far
+    weight below e^-1000 of the largest); ``num_failed``: those of them whose density or
+    increment was not finite (the others were dropped as negligible: exact); ``jump``: how far
     the stage's moves carried the particles, ``Σ_moves E_w‖(x' − x)/s‖²/(2d)`` in units of the
     preconditioner's scale ``s`` (about 1 per move for a kernel that renews the population,
     near 0 when the moves barely move it; 1 for a model with no continuous sites);
@@ -120,6 +121,7 @@ class StageHistory(NamedTuple):
     pareto_khat: jax.Array
     pareto_khat_before_resampling: jax.Array
     num_dead: jax.Array
+    num_failed: jax.Array
     jump: jax.Array
     num_divergent: jax.Array
     move_index: jax.Array
@@ -127,7 +129,7 @@ class StageHistory(NamedTuple):
 
 
 STAGE_FIELDS = StageHistory._fields
-INT_STAGE_FIELDS = ("resampled", "num_dead", "num_divergent", "move_index")
+INT_STAGE_FIELDS = ("resampled", "num_dead", "num_failed", "num_divergent", "move_index")
 
 
 class AutoState(NamedTuple):
@@ -145,7 +147,8 @@ class SMCState(NamedTuple):
 
     Collectable fields (``mcmc.run(..., extra_fields=(...))``): ``z``, ``log_weights``,
     ``beta``, ``log_evidence``, ``ess``, ``cess``, ``log_evidence_increment``,
-    ``acceptance_rate``, ``step_size``, ``resampled``, ``pareto_khat``, ``num_dead``.
+    ``acceptance_rate``, ``step_size``, ``resampled``, ``pareto_khat``, ``num_dead``,
+    ``num_failed`` (the dead whose density was not finite; the others had negligible weight).
     ``failed`` is set (and the state frozen at the last good stage) when every particle died at
     stage ``fail_stage`` while moving to ``fail_beta``.
     """
@@ -164,6 +167,7 @@ class SMCState(NamedTuple):
     resampled: jax.Array
     pareto_khat: jax.Array
     num_dead: jax.Array
+    num_failed: jax.Array
     cache: ParticleCache
     scale: jax.Array
     num_unique: jax.Array  # distinct ancestors left by the last resampling (N if none yet)
@@ -252,6 +256,7 @@ def init_state(rng_key, z, log_weights, cache, step_size, num_stages, codec, aut
         resampled=jnp.zeros((), jnp.int32),
         pareto_khat=_khat(pop.log_weights),
         num_dead=jnp.sum(~jnp.isfinite(log_weights)).astype(jnp.int32),
+        num_failed=jnp.sum(~jnp.isfinite(log_weights)).astype(jnp.int32),
         cache=cache,
         scale=scale,
         num_unique=jnp.asarray(n, jnp.int32),
@@ -335,6 +340,7 @@ class _Moved(NamedTuple):
     resample: ResampleInfo  # worst of the stage's resampling checks
     khat_before: jax.Array  # k-hat of the weights after the annealing increment
     num_dead: jax.Array  # particles killed by the stage's increments
+    num_failed: jax.Array  # of which with a non-finite density or increment
     jump: jax.Array  # squared jump of the stage's moves in units of the scale (StageHistory)
     num_divergent: jax.Array  # proposals that landed on a non-finite density
     khat_after: jax.Array  # k-hat of the weights at the end of the stage
@@ -374,7 +380,8 @@ def _move_stage(key, state, pop, disc, evaluate, config, kernel):
     # uniform after a resampling): the stage knows their k-hat without a second fit.
     khat_after = S.khat(pop.log_weights) if info.khat_after is None else info.khat_after
     return _Moved(pop, cache, disc, beta_b, info.cess, info.move_cess, info.noise,
-                  info.acceptance, info.resample, info.khat_before, info.num_dead, info.jump,
+                  info.acceptance, info.resample, info.khat_before, info.num_dead,
+                  info.num_failed, info.jump,
                   info.num_divergent, khat_after), pooled
 
 
@@ -457,6 +464,7 @@ def _stage(state, evaluate, codec, config):
         "acceptance_rate": moved.acceptance, "step_size": h,
         "resampled": res.resampled.astype(jnp.int32), "pareto_khat": khat,
         "pareto_khat_before_resampling": moved.khat_before, "num_dead": num_dead,
+        "num_failed": moved.num_failed,
         "jump": moved.jump, "num_divergent": moved.num_divergent, "move_index": idx,
         "mass_shrinkage": shrinkage,
     }
@@ -488,6 +496,7 @@ def _stage(state, evaluate, codec, config):
         resampled=res.resampled.astype(jnp.int32),
         pareto_khat=khat,
         num_dead=state.num_dead + num_dead,
+        num_failed=state.num_failed + moved.num_failed,
         cache=cache,
         scale=pooled,
         num_unique=num_unique,
