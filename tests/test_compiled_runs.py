@@ -13,9 +13,9 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
 import numpyro.distributions as dist
 import pytest
+from conjugate import normal_mean_model, normal_mean_truth
 from numpyro.infer import MCMC
 
 import numpyro_jarzynski as nj
@@ -23,19 +23,11 @@ import numpyro_jarzynski as nj
 SIGMA, TAU = 1.0, 2.0
 
 
-def model(y):
-    mu = numpyro.sample("mu", dist.Normal(0.0, TAU))
-    with numpyro.plate("n", y.shape[0]):
-        numpyro.sample("y", dist.Normal(mu, SIGMA), obs=y)
+model = normal_mean_model(TAU, SIGMA)
 
 
 def exact_log_z(y):
-    """log N(y; 0, σ²I + τ²11ᵀ)."""
-    y = np.asarray(y, np.float64)
-    n = y.shape[0]
-    cov = SIGMA**2 * np.eye(n) + TAU**2 * np.ones((n, n))
-    _, logdet = np.linalg.slogdet(cov)
-    return -0.5 * (n * math.log(2 * math.pi) + logdet + y @ np.linalg.solve(cov, y))
+    return normal_mean_truth(y, TAU, SIGMA)[0]
 
 
 class _Counter(logging.Handler):

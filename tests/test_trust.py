@@ -11,6 +11,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+from conjugate import normal_mean_model, normal_mean_truth
 from numpyro.infer import MCMC, Predictive
 
 from numpyro_jarzynski import JarzynskiSMC, posterior_samples, summary, to_datatree
@@ -21,22 +22,11 @@ from numpyro_jarzynski.infer.report import SMCFailure
 TAU, SIG = 10.0, 0.1
 
 
-def conj_model(y):
-    mu = numpyro.sample("mu", dist.Normal(0.0, TAU))
-    with numpyro.plate("data", y.shape[0]):
-        numpyro.sample("y", dist.Normal(mu, SIG), obs=y)
+conj_model = normal_mean_model(TAU, SIG)
 
 
 def conj_truth(y):
-    y = np.asarray(y, np.float64)
-    n = y.size
-    prec = 1 / TAU**2 + n / SIG**2
-    mean = y.sum() / SIG**2 / prec
-    log_z = (
-        -0.5 * n * np.log(2 * np.pi * SIG**2) - 0.5 * np.log(TAU**2 * prec)
-        - 0.5 * (np.sum(y**2) / SIG**2 - mean**2 * prec)
-    )
-    return log_z, mean, prec**-0.5
+    return normal_mean_truth(y, TAU, SIG)
 
 
 def data(n):
