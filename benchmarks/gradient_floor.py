@@ -243,7 +243,8 @@ def breakdown_programs(eng, reps, shared=True):
         return T.solve_next_beta(cess, jnp.float32(0.2), 0.9, 1e-20)
 
     progs["beta bisection (solve_next_beta on the work's CESS)"] = (bisection, lw0)
-    progs["pareto k-hat"] = (lambda lw: ES.khat(lw), lw0)
+    progs["weight tail record (top-k for the k-hat fitted after the run)"] = (
+        lambda lw: ES.weight_tail(lw), lw0)
 
     def forced_resample(lw):
         pop = Population(x0, lw, jnp.zeros(()))

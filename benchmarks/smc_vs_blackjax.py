@@ -573,7 +573,7 @@ def profile_ours(problem, keys, n, move, repeats):
         out[name] = run_timed(compiled, *a, repeats=max(repeats, 20))[2]  # CPU seconds
 
     timed("evaluate: prior + likelihood value_and_grad via the model", jax.vmap(lambda x: evaluate(x, disc)), x)
-    timed("pareto_khat", jax.vmap(W.pareto_khat), lw)
+    timed("weight tail record (k-hat fitted after the run)", jax.vmap(W.weight_tail), lw)
     timed("resample (systematic) + gather", jax.vmap(
         lambda key, lw, x: x[R.get_scheme("systematic")(key, lw, lw.shape[0])]), keys, lw, x)
     timed("adaptive beta (bisection on CESS)", jax.vmap(

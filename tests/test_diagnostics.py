@@ -202,6 +202,19 @@ def test_engine_khat_matches_arviz():
         assert ours == pytest.approx(float(D.pareto_khat(lw)), abs=2e-3)
 
 
+def test_run_khat_is_fitted_from_the_recorded_tail(run):
+    """The state's k-hat (fitted after the run from its recorded weight tail) is ArviZ's fit
+    of the run's own final weights, chain by chain."""
+    state = run.last_state
+    lw = np.asarray(state.log_weights, np.float64)
+    ours, theirs = np.asarray(state.pareto_khat), D.pareto_khat(lw)
+    assert ours.shape == theirs.shape == (NUM_RUNS,)
+    finite = np.isfinite(theirs)
+    np.testing.assert_allclose(ours[finite], theirs[finite], atol=2e-3)
+    np.testing.assert_array_equal(ours[~finite], theirs[~finite])
+    assert np.asarray(state.history.pareto_khat).shape == state.history.beta.shape
+
+
 def test_weighted_quantile_inverted_cdf():
     x, w = np.array([3.0, 1.0, 4.0, 2.0]), np.array([0.3, 0.1, 0.4, 0.2])
     got = D.weighted_quantile(x, w, [0.05, 0.1, 0.3, 0.31, 0.6, 0.61, 1.0])

@@ -27,7 +27,7 @@ from arviz_base.io_numpyro import NumPyroConverter
 from numpyro_jarzynski.engine.resampling import get_scheme
 from numpyro_jarzynski.engine.weights import log_normalize
 from numpyro_jarzynski.infer import report
-from numpyro_jarzynski.infer.tempering import STAGE_FIELDS
+from numpyro_jarzynski.infer.tempering import REPORTED_STAGE_FIELDS
 
 STAGE_GROUP = "smc_stages"
 
@@ -189,7 +189,7 @@ def stage_dataset(mcmc):
     _check_run(mcmc)
     history = mcmc.last_state.history
     num_chains = mcmc.num_chains
-    data = {f: _by_chain(getattr(history, f), num_chains, 1) for f in STAGE_FIELDS}
+    data = {f: _by_chain(getattr(history, f), num_chains, 1) for f in REPORTED_STAGE_FIELDS}
     num_stages = data["beta"].shape[1]
     data["log_evidence"] = np.cumsum(data["log_evidence_increment"], axis=1)
     attrs = {

@@ -77,17 +77,18 @@ class MoveInfo(NamedTuple):
 
 class StageInfo(NamedTuple):
     """:class:`MoveInfo` plus the stage increment's conditional ESS (``cess``) and the
-    k-hat of the weights right after it (``khat_before``, before any resampling).
+    record of the weights' tail right after it (``tail_before``, before any resampling: what
+    their Pareto k-hat is fitted from after the run, :func:`~.weights.khat_of_tail`).
     ``num_dead`` and ``num_failed`` count the stage's increment and the moves' together.
     ``increment``: the stage's increment per walker, ``(N,)``, where one is defined (a
-    bridging stage: its one move's Crooks term); ``None`` otherwise. ``khat_after``: the
-    k-hat of the weights at the end of the stage where the stage knows it without computing
+    bridging stage: its one move's Crooks term); ``None`` otherwise. ``tail_after``: the
+    record of the weights at the end of the stage where the stage knows it without computing
     it (:func:`step` with an invariant kernel and no hook: the moves leave the weights as the
-    resampling check left them, so it is ``khat_before``, or ``−inf`` after a resampling);
+    resampling check left them, so it is ``tail_before``, or uniform after a resampling);
     ``None`` otherwise."""
 
     cess: jax.Array
-    khat_before: jax.Array
+    tail_before: jax.Array
     move_cess: jax.Array
     noise: jax.Array
     acceptance: jax.Array
@@ -97,7 +98,7 @@ class StageInfo(NamedTuple):
     num_divergent: jax.Array
     num_failed: jax.Array
     increment: Any = None
-    khat_after: Any = None
+    tail_after: Any = None
 
 
 class SweepMove(NamedTuple):
@@ -120,16 +121,12 @@ class SweepMove(NamedTuple):
                             jnp.zeros(n, bool))
 
 
-def khat(log_w):
-    """Pareto k-hat of the weights; NaN below :data:`KHAT_MIN_PARTICLES` particles.
-
-    Equal finite weights (just resampled) have no tail: ``−inf``, which is what
-    :func:`~.weights.pareto_khat` returns for them, without the fit."""
-    if log_w.shape[0] < KHAT_MIN_PARTICLES:
-        return jnp.full((), jnp.nan, log_w.dtype)
-    uniform = jnp.isfinite(log_w[0]) & jnp.all(log_w == log_w[0])
-    return jax.lax.cond(uniform, lambda lw: jnp.full((), -jnp.inf, lw.dtype), W.pareto_khat,
-                        log_w)
+def weight_tail(log_w):
+    """The record of the weights' tail that their Pareto k-hat is fitted from after the run
+    (:func:`~.weights.weight_tail`, fitted by :func:`~.weights.khat_of_tail`): the fit is
+    not part of the compiled stage. Fewer than :data:`KHAT_MIN_PARTICLES` particles: an
+    empty record (k-hat NaN)."""
+    return W.weight_tail(log_w)
 
 
 def deaths(log_w_before, log_w_after):
@@ -263,7 +260,7 @@ def step(key, pop, cache, increment, kernel, target, step_size, scale_fn, num_mo
     """
     k_res, k_move = Z.split(key)
     pop, cess, dead, failed = reweight(pop, increment)
-    khat_before = khat(pop.log_weights)
+    tail_before = weight_tail(pop.log_weights)
     pop, cache, extra, res = resample_if(k_res, pop, threshold, scheme, cache, extra)
     res = res._replace(resampled=res.resampled.astype(jnp.int32))
     if cache is None and kernel is not None:
@@ -271,15 +268,15 @@ def step(key, pop, cache, increment, kernel, target, step_size, scale_fn, num_mo
     scale, aux = scale_fn(pop)
     pop, cache, extra, info = move(k_move, pop, cache, kernel, target, step_size, scale,
                                    num_moves, threshold, scheme, extra, hook, hook_first)
-    khat_after = None
+    tail_after = None
     if kernel is not None and kernel.invariant and hook is None:
-        # The moves do not touch the weights: they are the ones k-hat saw, or uniform.
-        khat_after = jnp.where(res.resampled > 0, -jnp.inf, khat_before).astype(
-            khat_before.dtype) if pop.log_weights.shape[0] >= KHAT_MIN_PARTICLES else khat_before
+        # The moves do not touch the weights: they are the ones recorded, or uniform.
+        uniform = W.uniform_tail(pop.log_weights.shape[0], tail_before.dtype)
+        tail_after = jnp.where(res.resampled > 0, uniform, tail_before)
     return pop, cache, extra, aux, StageInfo(
-        cess, khat_before, info.move_cess, info.noise, info.acceptance,
+        cess, tail_before, info.move_cess, info.noise, info.acceptance,
         worse(res, info.resample), dead + info.num_dead, info.jump, info.num_divergent,
-        failed + info.num_failed, khat_after=khat_after,
+        failed + info.num_failed, tail_after=tail_after,
     )
 
 
@@ -302,7 +299,7 @@ def step_waste_free(key, pop, cache, increment, kernel, target, step_size, scale
     m = n // chain_length
     k_res, k_move = Z.split(key)
     pop, cess, dead, failed = reweight(pop, increment)
-    khat_before = khat(pop.log_weights)
+    tail_before = weight_tail(pop.log_weights)
     ess_before = W.ess(pop.log_weights)
     # M ancestors: the same scheme, asked for M indices.
     idx = jnp.sort(get_scheme(scheme)(k_res, pop.log_weights, m))
@@ -330,7 +327,7 @@ def step_waste_free(key, pop, cache, increment, kernel, target, step_size, scale
     pop = Population(x, log_w, start.log_z_banked)
     noise = -jnp.sum(jnp.log(jnp.clip(move_cess, 1e-30, 1.0)))
     return pop, cache, extra, aux, StageInfo(
-        cess, khat_before, jnp.min(move_cess), noise, jnp.mean(acc), res, dead + dead_moves[0],
+        cess, tail_before, jnp.min(move_cess), noise, jnp.mean(acc), res, dead + dead_moves[0],
         # The kept states are 0 .. L−1 moves from their ancestor: on average half the
         # chain's summed squared jump away from it.
         0.5 * jnp.sum(jumps), jnp.sum(divs), failed + dead_moves[1],
@@ -357,13 +354,13 @@ def _move_then_reweight(key, pop, cache, path, a, b, kernel, step_size, scale_fn
     pop, cache, extra, info = move(k_move, pop, cache, kernel, path.target(a), step_size, scale,
                                    num_moves, None, scheme, extra, hook, hook_first)
     pop, cess, dead, failed = reweight(pop, path.increment(pop.x, cache, a, b))
-    khat_before = khat(pop.log_weights)
+    tail_before = weight_tail(pop.log_weights)
     pop, cache, extra, res = resample_if(k_res, pop, threshold, scheme, cache, extra)
     res = res._replace(resampled=res.resampled.astype(jnp.int32))
     # The cache is γ_a's: it stays valid at b only if the path shares one cache for all points.
     cache = cache if _shared(path) else None
     return pop, cache, extra, aux, StageInfo(
-        cess, khat_before, info.move_cess, info.noise, info.acceptance, res,
+        cess, tail_before, info.move_cess, info.noise, info.acceptance, res,
         dead + info.num_dead, info.jump, info.num_divergent, failed + info.num_failed)
 
 
@@ -382,8 +379,9 @@ def _bridge(key, pop, cache, path, a, b, kernel, step_size, scale_fn, threshold,
         threshold, scheme, hook, hook_first)
     res = _no_resampling(pop) if r is None else r._replace(
         resampled=r.resampled.astype(jnp.int32))
-    nan = jnp.full((), jnp.nan, pop.log_weights.dtype)
-    # The move's increment is the stage's: its CESS is both; k-hat is not computed (NaN).
+    nan = jnp.full((W.tail_record_size(pop.log_weights.shape[0]),), jnp.nan,
+                   pop.log_weights.dtype)
+    # The move's increment is the stage's: its CESS is both; k-hat is not recorded (NaN).
     return pop, cache, extra, aux, StageInfo(
         cess, nan, cess, -jnp.log(jnp.clip(cess, 1e-30, 1.0)), acc, res, dead[0], moved, div,
         dead[1], inc)
@@ -443,4 +441,4 @@ def advance(key, pop, cache, path, a, b, kernel, step_size, scale_fn, num_moves,
 
 
 __all__ = ["MoveInfo", "StageInfo", "SweepMove", "advance", "deaths", "failures", "jump",
-           "khat", "move", "reweight", "step", "step_waste_free", "worse"]
+           "move", "reweight", "step", "step_waste_free", "weight_tail", "worse"]

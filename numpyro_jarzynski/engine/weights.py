@@ -15,6 +15,7 @@ resets :math:`A` to zero.
 """
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
@@ -122,14 +123,104 @@ def weighted_std(log_w, x):
     return jnp.sqrt(jnp.maximum(weighted_mean(log_w, (x - mean) ** 2), 0.0))
 
 
+def khat_tail_size(n):
+    """``M = min(N/5, 3√N)``: how many of the largest weights the Pareto k-hat fits."""
+    return int(min(0.2 * n, 3 * n**0.5))
+
+
+def weight_tail(log_w):
+    """What the Pareto k-hat of the weights needs, recorded inside a compiled run so that the
+    fit itself (:func:`khat_of_tail`) runs after it, on the host, compiling nothing.
+
+    Returns ``(M + 2,)`` (``M`` = :func:`khat_tail_size`): the ``M + 1`` largest log-weights
+    relative to the largest, in descending order (``0`` first), then the normalised ESS of
+    all the weights. Uniform weights give zeros and an ESS of 1. Below 25 particles there is
+    no tail to fit: shape ``(0,)``.
+    """
+    n = log_w.shape[0]
+    tail = khat_tail_size(n)
+    if tail < 5:
+        return jnp.zeros((0,), log_w.dtype)
+    lw = jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf)
+    # The barrier keeps XLA's CPU backend from rewriting top_k with what follows into a sort
+    # of all N weights (40 ms instead of 2 at N = 10^5; same values).
+    top = jax.lax.optimization_barrier(jax.lax.top_k(lw - jnp.max(lw), tail + 1)[0])
+    return jnp.concatenate([top, ess(log_w)[None].astype(top.dtype)])
+
+
+def tail_record_size(n):
+    """Length of the :func:`weight_tail` record of ``n`` weights (0 below 25)."""
+    m = khat_tail_size(n)
+    return m + 2 if m >= 5 else 0
+
+
+def uniform_tail(n, dtype):
+    """:func:`weight_tail` of ``n`` equal weights (just resampled)."""
+    return jnp.zeros((tail_record_size(n),), dtype).at[-1:].set(1.0)
+
+
+def khat_of_tail(record):
+    """Pareto k-hat from :func:`weight_tail` records ``(..., M + 2)``, batched over the
+    leading axes. On concrete arrays (a finished run's records) it runs in NumPy, in float64,
+    compiling nothing; on traced ones (inside ``jit`` or ``vmap``) in JAX. See :func:`pareto_khat` for what it returns; a
+    record of NaNs (a stage that did not run, or a bridging stage) gives NaN, and an empty
+    record (fewer than 25 particles) gives NaN."""
+    try:
+        host = np.asarray(record, np.float64)
+    except jax.errors.TracerArrayConversionError:  # inside jit or vmap
+        return _khat_fit(jnp, record)
+    with np.errstate(all="ignore"):
+        return _khat_fit(np, host)
+
+
+def _khat_fit(xp, record):
+    """The generalised-Pareto fit of Zhang & Stephens (2009) to the tail of a record, with the
+    weakly informative prior of Vehtari et al. (2024), as ArviZ's ``psislw`` does it; ``xp``
+    is ``numpy`` or ``jax.numpy``."""
+    if record.shape[-1] == 0:
+        return xp.full(record.shape[:-1], xp.nan, record.dtype)
+    tail = record.shape[-1] - 2
+    lw = xp.flip(record[..., : tail + 1], axis=-1)  # ascending, largest last
+    ess_ = record[..., -1]
+    cutoff = lw[..., :1]
+    x = xp.exp(lw[..., -tail:]) - xp.exp(cutoff)  # exceedances, ascending
+    has_tail = x[..., -1] > 1e-6 * xp.exp(lw[..., -1])
+    q = int(tail / 4 + 0.5) - 1
+    # No GPD fit exists when a quarter of the tail is tied at the cutoff, or when the tail
+    # takes only a few distinct values (a lattice model's energies: a handful of levels).
+    distinct = 1 + xp.sum(x[..., 1:] > x[..., :-1] * (1 + 1e-6) + 1e-30, axis=-1)
+    degenerate = has_tail & ((x[..., q] <= x[..., 0]) | (distinct < max(5, tail // 4)))
+    ok = has_tail & ~degenerate
+    placeholder = xp.linspace(1.0, 2.0, tail).astype(x.dtype)
+    x = xp.where(ok[..., None], x, placeholder)  # masked below
+    prior = 3.0
+    m = 30 + int(tail**0.5)
+    b = 1.0 - xp.sqrt(m / (xp.arange(1, m + 1) - 0.5)).astype(x.dtype)
+    b = b / (prior * x[..., q, None]) + 1.0 / x[..., -1, None]  # (..., m)
+    k = xp.mean(xp.log1p(-b[..., :, None] * x[..., None, :]), axis=-1)
+    log_lik = tail * (xp.log(-b / k) - k - 1.0)
+    post = 1.0 / xp.sum(xp.exp(log_lik[..., None, :] - log_lik[..., :, None]), axis=-1)
+    post = xp.where(post >= 10 * xp.finfo(post.dtype).eps, post, 0.0)
+    post = post / xp.sum(post, axis=-1, keepdims=True)
+    b_post = xp.sum(b * post, axis=-1)
+    k_post = xp.mean(xp.log1p(-b_post[..., None] * x), axis=-1)
+    prior_k = 10.0  # weakly informative prior on k, as ArviZ / Vehtari et al. (2024)
+    k_post = (tail * k_post + prior_k * 0.5) / (tail + prior_k)
+    tied = xp.where(ess_ < 0.5, xp.inf, xp.nan)
+    out = xp.where(ok, k_post, xp.where(degenerate, tied, -xp.inf))
+    return xp.where(xp.isnan(record[..., 0]), xp.nan, out).astype(record.dtype)
+
+
 def pareto_khat(log_w):
     """Pareto-smoothed importance-sampling shape estimate k-hat of the weights.
 
     The generalised-Pareto fit of Zhang & Stephens (2009) to the largest
     ``M = min(N/5, 3√N)`` weights, with the weakly informative prior of Vehtari et al. (2024,
-    "Pareto smoothed importance sampling"), as ArviZ's ``psislw`` does it, but in JAX so that
-    it can be recorded at every stage inside ``jit``. ``k > 0.7`` means the weights have so heavy
-    a tail that weighted estimates are unreliable. Uniform weights (no tail) give ``-inf``.
+    "Pareto smoothed importance sampling"), as ArviZ's ``psislw`` does it, but in JAX. A run
+    records :func:`weight_tail` at every stage and fits it afterwards (:func:`khat_of_tail`),
+    so that the fit is not part of the compiled run. ``k > 0.7`` means the weights have so
+    heavy a tail that weighted estimates are unreliable. Uniform weights (no tail) give
+    ``-inf``.
 
     When more than a quarter of the tail is tied at the cutoff, or the tail takes fewer than
     ``max(5, M/4)`` distinct values, no generalised Pareto fit exists (ArviZ returns NaN, "far
@@ -141,36 +232,6 @@ def pareto_khat(log_w):
     the result is NaN, "undefined", and the ESS speaks for the weights.
     """
     n = log_w.shape[0]
-    tail = int(min(0.2 * n, 3 * n**0.5))
-    if tail < 5:
+    if khat_tail_size(n) < 5:
         raise ValueError(f"pareto_khat needs at least 25 particles, got {n}.")
-    lw = jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf)
-    # The barrier keeps XLA's CPU backend from rewriting top_k with the slices and exps
-    # below into a sort of all N weights (40 ms instead of 2 at N = 10^5; same values).
-    top = jax.lax.optimization_barrier(jax.lax.top_k(lw - jnp.max(lw), tail + 1)[0])
-    lw = jnp.flip(top)  # ascending, largest last
-    cutoff = lw[0]
-    x = jnp.exp(lw[-tail:]) - jnp.exp(cutoff)  # exceedances, ascending
-    has_tail = x[-1] > 1e-6 * jnp.exp(lw[-1])
-    q = int(tail / 4 + 0.5) - 1
-    # No GPD fit exists when a quarter of the tail is tied at the cutoff, or when the tail
-    # takes only a few distinct values (a lattice model's energies: a handful of levels).
-    distinct = 1 + jnp.sum(x[1:] > x[:-1] * (1 + 1e-6) + 1e-30)
-    degenerate = has_tail & ((x[q] <= x[0]) | (distinct < max(5, tail // 4)))
-    ok = has_tail & ~degenerate
-    x = jnp.where(ok, x, jnp.linspace(1.0, 2.0, tail))  # placeholder, masked below
-    prior = 3.0
-    m = 30 + int(tail**0.5)
-    b = 1.0 - jnp.sqrt(m / (jnp.arange(1, m + 1) - 0.5))
-    b = b / (prior * x[q]) + 1.0 / x[-1]
-    k = jnp.mean(jnp.log1p(-b[:, None] * x[None, :]), axis=1)
-    log_lik = tail * (jnp.log(-b / k) - k - 1.0)
-    post = 1.0 / jnp.sum(jnp.exp(log_lik[None, :] - log_lik[:, None]), axis=1)
-    post = jnp.where(post >= 10 * jnp.finfo(post.dtype).eps, post, 0.0)
-    post = post / jnp.sum(post)
-    b_post = jnp.sum(b * post)
-    k_post = jnp.mean(jnp.log1p(-b_post * x))
-    prior_k = 10.0  # weakly informative prior on k, as ArviZ / Vehtari et al. (2024)
-    k_post = (tail * k_post + prior_k * 0.5) / (tail + prior_k)
-    tied = jnp.where(ess(log_w) < 0.5, jnp.inf, jnp.nan)
-    return jnp.where(ok, k_post, jnp.where(degenerate, tied, -jnp.inf))
+    return khat_of_tail(weight_tail(jnp.asarray(log_w)))

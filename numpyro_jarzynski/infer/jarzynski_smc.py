@@ -512,7 +512,7 @@ class JarzynskiSMC(MCMCKernel):
     # Called by the MCMC.run wrapper (numpyro_jarzynski._numpyro_hooks) in Python, before and
     # after NumPyro's compiled loop.
     def _jarzynski_before_run(self, mcmc, args, kwargs, extra_fields):
-        valid = SMCState._fields
+        valid = SMCState._fields + ("pareto_khat",)  # a property: the fit of weight_tail
         for name in extra_fields:
             head = str(name).lstrip("~").split(".")[0]
             if head not in valid:

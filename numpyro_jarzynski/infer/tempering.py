@@ -92,7 +92,11 @@ class StageHistory(NamedTuple):
     ``cess``: conditional ESS of the annealing increment applied at ``beta``;
     ``move_cess``: smallest conditional ESS of the moves' own Crooks increments (1 for
     Metropolis-adjusted moves); ``resampled``: number of resamplings in the stage;
-    ``pareto_khat_before_resampling``: k-hat of the weights before resampling;
+    ``weight_tail_before_resampling``: the record of the weights' tail after the stage's
+    annealing increment, before any resampling, and ``weight_tail`` at the end of the stage
+    (:func:`~numpyro_jarzynski.engine.weights.weight_tail`, ``(num_stages, M + 2)``): their
+    Pareto k-hat, fitted after the run, is ``pareto_khat_before_resampling`` and
+    ``pareto_khat`` (properties; NumPy on a finished run's history, JAX inside ``jit``);
     ``num_dead``: particles that died in the stage (density NaN or infinite, or a
     weight below e^-1000 of the largest); ``num_failed``: those of them whose density or
     increment was not finite (the others were dropped as negligible: exact); ``jump``: how far
@@ -118,8 +122,8 @@ class StageHistory(NamedTuple):
     acceptance_rate: jax.Array
     step_size: jax.Array
     resampled: jax.Array
-    pareto_khat: jax.Array
-    pareto_khat_before_resampling: jax.Array
+    weight_tail: jax.Array
+    weight_tail_before_resampling: jax.Array
     num_dead: jax.Array
     num_failed: jax.Array
     jump: jax.Array
@@ -127,9 +131,25 @@ class StageHistory(NamedTuple):
     move_index: jax.Array
     mass_shrinkage: jax.Array
 
+    @property
+    def pareto_khat(self):
+        """PSIS k-hat of the weights at the end of each stage (``-inf``: uniform weights)."""
+        return W.khat_of_tail(self.weight_tail)
+
+    @property
+    def pareto_khat_before_resampling(self):
+        """PSIS k-hat of the weights after each stage's annealing increment."""
+        return W.khat_of_tail(self.weight_tail_before_resampling)
+
 
 STAGE_FIELDS = StageHistory._fields
 INT_STAGE_FIELDS = ("resampled", "num_dead", "num_failed", "num_divergent", "move_index")
+# Per-stage records of the weights' tail (a vector per stage), fitted after the run.
+TAIL_STAGE_FIELDS = ("weight_tail", "weight_tail_before_resampling")
+# The per-stage numbers a finished run reports (the tails replaced by their k-hat).
+REPORTED_STAGE_FIELDS = tuple(
+    f for f in STAGE_FIELDS if f not in TAIL_STAGE_FIELDS) + (
+    "pareto_khat", "pareto_khat_before_resampling")
 
 
 class AutoState(NamedTuple):
@@ -149,6 +169,8 @@ class SMCState(NamedTuple):
     ``beta``, ``log_evidence``, ``ess``, ``cess``, ``log_evidence_increment``,
     ``acceptance_rate``, ``step_size``, ``resampled``, ``pareto_khat``, ``num_dead``,
     ``num_failed`` (the dead whose density was not finite; the others had negligible weight).
+    ``pareto_khat`` is a property: the fit of the recorded ``weight_tail``
+    (:func:`~numpyro_jarzynski.engine.weights.weight_tail`), done only where it is read.
     ``failed`` is set (and the state frozen at the last good stage) when every particle died at
     stage ``fail_stage`` while moving to ``fail_beta``.
     """
@@ -165,7 +187,7 @@ class SMCState(NamedTuple):
     acceptance_rate: jax.Array
     step_size: jax.Array
     resampled: jax.Array
-    pareto_khat: jax.Array
+    weight_tail: jax.Array
     num_dead: jax.Array
     num_failed: jax.Array
     cache: ParticleCache
@@ -177,6 +199,11 @@ class SMCState(NamedTuple):
     history: StageHistory
     auto: AutoState
     rng_key: jax.Array
+
+    @property
+    def pareto_khat(self):
+        """PSIS k-hat of the current weights (``-inf``: uniform), fitted from ``weight_tail``."""
+        return W.khat_of_tail(self.weight_tail)
 
 
 _DEFAULT_MOVE = K.MALA()
@@ -214,7 +241,6 @@ class Codec(NamedTuple):
 COLLAPSED_ANCESTORS = 10
 
 
-_khat = S.khat
 
 
 def _finite(v):
@@ -236,8 +262,10 @@ def init_state(rng_key, z, log_weights, cache, step_size, num_stages, codec, aut
     scale = _spread(pop.log_weights, pop.x, jnp.ones(x.shape[-1], dtype))
     h = max(num_stages, 1)
     nan = jnp.full((h,), jnp.nan, dtype)
+    nan_tail = jnp.full((h, W.tail_record_size(n)), jnp.nan, dtype)
     history = StageHistory(
-        **{f: (jnp.zeros((h,), jnp.int32) if f in INT_STAGE_FIELDS else nan)
+        **{f: (jnp.zeros((h,), jnp.int32) if f in INT_STAGE_FIELDS
+               else nan_tail if f in TAIL_STAGE_FIELDS else nan)
            for f in STAGE_FIELDS}
     )
     zero = jnp.zeros((), dtype)
@@ -254,7 +282,7 @@ def init_state(rng_key, z, log_weights, cache, step_size, num_stages, codec, aut
         acceptance_rate=zero,
         step_size=jnp.asarray(step_size, dtype),
         resampled=jnp.zeros((), jnp.int32),
-        pareto_khat=_khat(pop.log_weights),
+        weight_tail=S.weight_tail(pop.log_weights),
         num_dead=jnp.sum(~jnp.isfinite(log_weights)).astype(jnp.int32),
         num_failed=jnp.sum(~jnp.isfinite(log_weights)).astype(jnp.int32),
         cache=cache,
@@ -338,12 +366,12 @@ class _Moved(NamedTuple):
     noise: jax.Array  # −Σ log CESS of the moves' own increments (ULA step rule)
     acceptance: jax.Array
     resample: ResampleInfo  # worst of the stage's resampling checks
-    khat_before: jax.Array  # k-hat of the weights after the annealing increment
+    tail_before: jax.Array  # record of the weights' tail after the annealing increment
     num_dead: jax.Array  # particles killed by the stage's increments
     num_failed: jax.Array  # of which with a non-finite density or increment
     jump: jax.Array  # squared jump of the stage's moves in units of the scale (StageHistory)
     num_divergent: jax.Array  # proposals that landed on a non-finite density
-    khat_after: jax.Array  # k-hat of the weights at the end of the stage
+    tail_after: jax.Array  # record of the weights' tail at the end of the stage
 
 
 def _move_stage(key, state, pop, disc, evaluate, config, kernel):
@@ -376,13 +404,13 @@ def _move_stage(key, state, pop, disc, evaluate, config, kernel):
         config.resample_threshold, config.resampling, extra=disc, hook=hook,
         hook_first=config.discrete_first, waste_free=config.waste_free,
     )
-    # An invariant move without a Gibbs hook leaves the weights as k-hat saw them (or
-    # uniform after a resampling): the stage knows their k-hat without a second fit.
-    khat_after = S.khat(pop.log_weights) if info.khat_after is None else info.khat_after
+    # An invariant move without a Gibbs hook leaves the weights as recorded (or uniform
+    # after a resampling): the stage knows their tail without a second top-k.
+    tail_after = S.weight_tail(pop.log_weights) if info.tail_after is None else info.tail_after
     return _Moved(pop, cache, disc, beta_b, info.cess, info.move_cess, info.noise,
-                  info.acceptance, info.resample, info.khat_before, info.num_dead,
+                  info.acceptance, info.resample, info.tail_before, info.num_dead,
                   info.num_failed, info.jump,
-                  info.num_divergent, khat_after), pooled
+                  info.num_divergent, tail_after), pooled
 
 
 def _noise_step_rule(h, noise, target, max_step, exponent):
@@ -453,7 +481,7 @@ def _stage(state, evaluate, codec, config):
     res = moved.resample
     log_z = pop.log_evidence
     ess = W.ess(pop.log_weights)
-    khat = moved.khat_after
+    tail = moved.tail_after
     n = pop.log_weights.shape[0]
     stats = {
         "beta": beta_b, "ess": ess,
@@ -462,8 +490,8 @@ def _stage(state, evaluate, codec, config):
         "cess": moved.cess, "move_cess": moved.move_cess,
         "log_evidence_increment": log_z - log_z_before,
         "acceptance_rate": moved.acceptance, "step_size": h,
-        "resampled": res.resampled.astype(jnp.int32), "pareto_khat": khat,
-        "pareto_khat_before_resampling": moved.khat_before, "num_dead": num_dead,
+        "resampled": res.resampled.astype(jnp.int32), "weight_tail": tail,
+        "weight_tail_before_resampling": moved.tail_before, "num_dead": num_dead,
         "num_failed": moved.num_failed,
         "jump": moved.jump, "num_divergent": moved.num_divergent, "move_index": idx,
         "mass_shrinkage": shrinkage,
@@ -494,7 +522,7 @@ def _stage(state, evaluate, codec, config):
         acceptance_rate=moved.acceptance,
         step_size=new_h,
         resampled=res.resampled.astype(jnp.int32),
-        pareto_khat=khat,
+        weight_tail=tail,
         num_dead=state.num_dead + num_dead,
         num_failed=state.num_failed + moved.num_failed,
         cache=cache,
