@@ -79,6 +79,32 @@ def _accept_proxy(log_ratio):
     return jnp.where(jnp.isfinite(log_ratio), jnp.exp(jnp.minimum(log_ratio, 0.0)), 0.0)
 
 
+class Switch(NamedTuple):
+    """A run-time choice between two moves: ``second`` where ``use_second`` (a traced bool)
+    holds, else ``first``; the two must return results of the same structure (an unadjusted
+    move and its adjusted twin do). It holds a traced value, so it is built inside the trace
+    (not a static setting): tempering runs an unadjusted move as its adjusted twin once β = 1
+    with it, so that the stage around the move is compiled once, not once per branch. Not
+    invariant unless both are (an invariant branch returns a zero increment)."""
+
+    first: Any
+    second: Any
+    use_second: Any
+
+    name = "switch"
+
+    @property
+    def invariant(self):
+        return self.first.invariant and self.second.invariant
+
+    def step(self, key, x, cache, target, step_size, scale):
+        return jax.lax.cond(
+            self.use_second,
+            lambda: self.second.step(key, x, cache, target, step_size, scale),
+            lambda: self.first.step(key, x, cache, target, step_size, scale),
+        )
+
+
 # --------------------------------------------------------------------------------- Langevin
 @dataclass(frozen=True)
 class ULA:

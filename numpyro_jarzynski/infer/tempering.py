@@ -542,14 +542,12 @@ def _run_kernel(key, state, pop, disc, evaluate, config, kernel, h):
     stage's moves only (acceptance, or the Crooks noise at fixed β)."""
     beta_a = state.beta
     state = state._replace(step_size=h)
-    if kernel.invariant:
-        moved, pooled = _move_stage(key, state, pop, disc, evaluate, config, kernel)
-    else:
-        moved, pooled = jax.lax.cond(
-            beta_a >= 1.0,
-            lambda: _move_stage(key, state, pop, disc, evaluate, config, kernel.adjusted()),
-            lambda: _move_stage(key, state, pop, disc, evaluate, config, kernel),
-        )
+    # The switch is around the move only: the rest of the stage is compiled once. At β = 1
+    # the adjusted twin's increment is zero, so the unadjusted move's bookkeeping around it
+    # (a reweighting by 0; resampling checks between moves, which can fire only where a
+    # Gibbs update killed walkers) leaves the weights as they were.
+    move = kernel if kernel.invariant else K.Switch(kernel, kernel.adjusted(), beta_a >= 1.0)
+    moved, pooled = _move_stage(key, state, pop, disc, evaluate, config, move)
     if not config.adapt_step_size:
         new_h = h
     elif kernel.invariant:
