@@ -141,13 +141,14 @@ def _empty_collection(collect, state, dynamic, size):
     return jax.tree.map(lambda a: jnp.zeros((size, *a.shape), a.dtype), proto)
 
 
-def _whole_run(pieces, plan):
+def _whole_run(pieces, plan, from_state=False):
     """One chain's whole run as one program: ``(start, dynamic) -> (last state, collection)``
-    (``start``: a key, or a state to resume from)."""
+    (``start``: a key, or a state to resume from; ``from_state``: always a state, the
+    initial one computed by a separate program)."""
     init, step, collect = pieces
 
     def run(start, dynamic):
-        state = start if plan.resumed else init(start, dynamic)
+        state = start if plan.resumed or from_state else init(start, dynamic)
         collection = _empty_collection(collect, state, dynamic, plan.collection_size)
 
         def body(i, carry):
@@ -201,6 +202,17 @@ def _stagewise_run(compiled, plan, progress_bar, desc, chain_axis=False):
     return run
 
 
+def _run_once_options():
+    """XLA options for a program that runs once per call (the initial state: prior draws and
+    one evaluation of every particle). On the CPU it is compiled without the backend's
+    optimisation passes, which halves its compile time (3.7-4.1 -> 2.1-2.2 CPU s on eight
+    schools) for a run that takes milliseconds either way. The choice depends only on the
+    backend, so the same key still gives the same result."""
+    if jax.default_backend() == "cpu":
+        return {"xla_backend_optimization_level": 0}
+    return None
+
+
 def _program(kernel, plan, data, chains, progress_bar, postprocess_fn):
     """The compiled run for these settings, from the kernel's cache or built now.
 
@@ -213,9 +225,11 @@ def _program(kernel, plan, data, chains, progress_bar, postprocess_fn):
     if key in cache:
         cache.move_to_end(key)
         return cache[key]
-    # A new program: inspect the model eagerly first, so its errors and warnings come from
-    # Python with a readable traceback (they depend only on what the key holds).
-    kernel._model_spec(*data.rebuild(data.dynamic))
+    # A new program: inspect the model first, so its errors and warnings come from Python
+    # with a readable traceback (they depend only on what the key holds). Abstractly, with
+    # the data as the program will see it: an eager inspection dispatches, and compiles, the
+    # model's ops one at a time (1.4 of a first call's CPU seconds on eight schools).
+    jax.eval_shape(lambda dyn: kernel._model_spec(*data.rebuild(dyn)) and None, data.dynamic)
     pieces = _pieces(kernel, plan, data.rebuild, postprocess_fn)
     vectorized = num_chains > 1 and chain_method == "vectorized"
     if num_chains > 1 and chain_method == "parallel":  # one chain per device, no bar
@@ -230,13 +244,23 @@ def _program(kernel, plan, data, chains, progress_bar, postprocess_fn):
         else:
             diagnostics = kernel.get_diagnostics_str
         desc = "warmup" if plan.upper <= plan.num_warmup and not plan.resumed else "sample"
-        fn = _stagewise_run((jax.jit(init), jax.jit(step), jax.jit(collect), diagnostics),
+        init = jax.jit(init, compiler_options=_run_once_options())
+        fn = _stagewise_run((init, jax.jit(step), jax.jit(collect), diagnostics),
                             plan, progress_bar, desc, chain_axis=vectorized)
     else:
-        single = _whole_run(pieces, plan)
+        single = _whole_run(pieces, plan, from_state=True)
+        init = pieces[0]
         if vectorized:
             single = jax.vmap(single, in_axes=(0, None))
-        fn = jax.jit(single)
+            init = jax.vmap(init, in_axes=(0, None))
+        loop = jax.jit(single)
+        if plan.resumed:
+            fn = loop
+        else:
+            init = jax.jit(init, compiler_options=_run_once_options())
+
+            def fn(start, dynamic):
+                return loop(init(start, dynamic), dynamic)
     cache[key] = fn
     if len(cache) > MAX_PROGRAMS:
         cache.popitem(last=False)
