@@ -8,7 +8,8 @@ program's code). The run is then timed once, compilation excluded, process CPU t
 wall time, so the cost per particle and stage shows whether it is linear in N.
 
 The working set per particle grows with the model's data: the vmapped log density keeps its
-per-observation terms for the backward pass (``--num-obs``).
+per-observation terms for the backward pass (``--num-obs``); ``--remat`` recomputes them there
+instead (``JarzynskiSMC(remat=True)``).
 
 Run: ``python benchmarks/memory_per_particle.py`` (``--sizes 10000,100000`` for a quick run,
 ``--no-run`` for the memory only).
@@ -40,15 +41,19 @@ def main(argv=None):
     p.add_argument("--num-obs", type=int, default=20,
                    help="observations of the model (each a d-vector)")
     p.add_argument("--no-run", action="store_true", help="memory only (compile, no run)")
+    p.add_argument("--remat", action="store_true",
+                   help="JarzynskiSMC(remat=True): recompute the model's terms in the "
+                        "backward pass")
     a = p.parse_args(argv)
     y = jax.random.normal(jax.random.key(1), (a.num_obs, D)) + 1.0
     print(f"d={D}, {a.num_obs} observations, {a.stages} stages, move={a.move}, 2 moves/stage, "
-          "float32, "
+          f"float32, remat={a.remat}, "
           f"{jax.devices()[0].platform}; compilation excluded from the times")
     print(f"{'N':>9s} {'bytes/particle':>15s} {'(args+out+temp)':>16s} {'run wall s':>11s} "
           f"{'run CPU s':>10s} {'CPU us/particle/stage':>22s} {'log Z':>10s}")
     for n in (int(s) for s in a.sizes.split(",")):
-        algo = nj.smc(model, num_stages=a.stages, num_particles=n, move=a.move)
+        algo = nj.smc(model, num_stages=a.stages, num_particles=n, move=a.move,
+                      remat=a.remat)
         compiled = jax.jit(algo.run).lower(jax.random.key(0), y).compile()
         m = compiled.memory_analysis()
         total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes

@@ -129,6 +129,12 @@ class JarzynskiSMC(MCMCKernel):
         an accept decision, and then within Monte Carlo error. ``num_particles`` must be a
         multiple of the number of devices. Default ``None``: one device. See
         ``docs/smc.md`` ("Particles over several devices").
+    :param bool remat: recompute the model's terms in the backward pass of each gradient
+        (``jax.checkpoint`` around the log density) instead of keeping them from the forward
+        pass: the working memory per particle grows about half as fast with the data (d = 10
+        Gaussian, N = 10⁵: 20 observations 2203 → 1363 bytes per particle, 100 observations
+        8593 → 4563) for about 30 % more CPU time. For populations that do not fit in memory
+        otherwise; the results are the same.
     :param float target_ess: conditional ESS per stage targeted by the adaptive schedule.
     :param float min_increment: smallest β step of the adaptive schedule (stall guard).
     :param float resample_threshold: resample when the normalised ESS is below this.
@@ -176,6 +182,7 @@ class JarzynskiSMC(MCMCKernel):
         dense_mass=False,
         mass_rank=None,
         devices=None,
+        remat=False,
     ):
         if model is None or not callable(model):
             raise ValueError("JarzynskiSMC needs a NumPyro model (a callable).")
@@ -251,6 +258,9 @@ class JarzynskiSMC(MCMCKernel):
         get_scheme(resampling)  # validates the name now, not at the first resampling
         self.mass = _check_mass(dense_mass, mass_rank)
         self.mesh = _particle_mesh(devices, num_particles)
+        if not isinstance(remat, (bool, np.bool_)):
+            raise TypeError(f"remat must be True or False, got {remat!r}.")
+        self.remat = bool(remat)
         self._model = model
         self.num_particles = num_particles
         self._continuous_move = move
@@ -344,7 +354,10 @@ class JarzynskiSMC(MCMCKernel):
                                             disc)
 
         def value_and_grad(index):
-            return jax.vmap(jax.value_and_grad(lambda x, d: parts(x, d)[index]))
+            part = lambda x, d: parts(x, d)[index]  # noqa: E731
+            if self.remat:  # the backward pass recomputes the model's terms
+                part = jax.checkpoint(part)
+            return jax.vmap(jax.value_and_grad(part))
 
         lp_vg, ll_vg = value_and_grad(0), value_and_grad(1)
 
@@ -394,6 +407,7 @@ class JarzynskiSMC(MCMCKernel):
             self.adapt_step_size, self.target_accept, self.init_particles or {},
             self.prior_factors, self.waste_free, repr(self.mass), id(self._model),
             None if self.mesh is None else repr(self.mesh.devices.tolist()),
+            self.remat,
         )
         return _fingerprint(settings, {})
 
