@@ -15,8 +15,8 @@ resets :math:`A` to zero.
 """
 
 import jax
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import logsumexp
 
 

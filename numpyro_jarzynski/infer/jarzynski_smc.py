@@ -354,7 +354,7 @@ class JarzynskiSMC(MCMCKernel):
                                             disc)
 
         def value_and_grad(index):
-            part = lambda x, d: parts(x, d)[index]  # noqa: E731
+            part = lambda x, d: parts(x, d)[index]
             if self.remat:  # the backward pass recomputes the model's terms
                 part = jax.checkpoint(part)
             return jax.vmap(jax.value_and_grad(part))
