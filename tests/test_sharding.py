@@ -2,7 +2,7 @@
 
 Four CPU devices are forced in a subprocess (``XLA_FLAGS=--xla_force_host_platform_device_count
 =4`` must be set before JAX starts), which runs the same SMC on one device and on four, through
-the functional API and through ``MCMC``.
+the functional API and through ``MCMC`` (one chain, and two vectorised chains).
 """
 
 import json
@@ -42,6 +42,15 @@ for dev in (None, "all"):
         mu=np.asarray(s.z["mu"]).tolist(), log_w=np.asarray(s.log_weights).tolist(),
         devices=len(s.log_weights.sharding.device_set),
         mcmc_devices=len(mcmc.last_state.log_weights.sharding.device_set))
+    # Vectorised chains on top: the chain axis is replicated, the particle axis sharded.
+    chains = MCMC(nj.JarzynskiSMC(model, num_particles=256, devices=dev), num_warmup=6,
+                  num_samples=2, num_chains=2, chain_method="vectorized", progress_bar=False)
+    chains.run(jax.random.key(0), y)
+    lw = chains.last_state.log_weights
+    out[str(dev)].update(
+        chains_log_z=np.asarray(chains.last_state.log_evidence).tolist(),
+        chains_shape=list(lw.shape), chains_devices=len(lw.sharding.device_set),
+        samples_shape=list(chains.get_samples()["mu"].shape))
 print(json.dumps(out))
 """
 
@@ -60,6 +69,10 @@ def test_sharded_run_equals_one_device_run():
     np.testing.assert_allclose(four["mcmc_log_z"], one["log_z"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(four["mu"], one["mu"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(four["log_w"], one["log_w"], rtol=1e-4, atol=1e-4)
+    assert one["chains_devices"] == 1 and four["chains_devices"] == 4
+    assert four["chains_shape"] == [2, 256] and four["samples_shape"] == [4, 256, 3]
+    np.testing.assert_allclose(four["chains_log_z"], one["chains_log_z"], rtol=1e-5, atol=1e-5)
+    assert abs(four["chains_log_z"][0] - four["chains_log_z"][1]) > 1e-3  # two distinct runs
 
 
 def test_devices_argument_errors():
