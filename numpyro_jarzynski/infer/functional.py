@@ -262,6 +262,8 @@ def _program(kernel, plan, data, chains, progress_bar, postprocess_fn):
     else:
         single = _whole_run(pieces, plan, from_state=True)
         init = pieces[0]
+        if num_chains == 1:  # NumPyro's layout has a chain axis: added inside the program
+            single = _with_chain_axis(single)
         if vectorized:
             single = jax.vmap(single, in_axes=(0, None))
             init = jax.vmap(init, in_axes=(0, None))
@@ -279,6 +281,14 @@ def _program(kernel, plan, data, chains, progress_bar, postprocess_fn):
     return fn
 
 
+def _with_chain_axis(run):
+    def with_axis(start, dynamic):
+        last, fields = run(start, dynamic)
+        return last, jax.tree.map(lambda a: a[None], fields)
+
+    return with_axis
+
+
 def run_chains(kernel, start, data, plan, num_chains, chain_method, progress_bar,
                postprocess_fn=None):
     """All chains of one ``mcmc.run``: ``(collected fields dict, last state)``, laid out as
@@ -290,7 +300,8 @@ def run_chains(kernel, start, data, plan, num_chains, chain_method, progress_bar
     fn = _program(kernel, plan, data, (num_chains, chain_method), progress_bar, postprocess_fn)
     if num_chains == 1:
         last, fields = fn(start, data.dynamic)
-        fields = jax.tree.map(lambda a: a[None], fields)
+        if progress_bar:  # the stage-wise run stacks its collection eagerly
+            fields = jax.tree.map(lambda a: a[None], fields)
     elif chain_method == "vectorized":
         last, fields = fn(start, data.dynamic)
     elif callable(chain_method):

@@ -140,17 +140,18 @@ def _chain_view(tree, c, num_chains):
 def run_health(state, num_particles, target_ess=0.9, num_chains=None, num_moves=1):
     """:class:`RunHealth` of every run in ``state`` (an ``SMCState``, with a leading chain axis
     when there are several runs). Returns a list, one entry per chain."""
-    beta = np.asarray(jax.device_get(state.beta))
+    # One transfer of everything the report reads (not one per array and chain).
+    history, fields = jax.device_get((state.history, (
+        state.beta, state.ess, state.num_dead, state.num_failed, state.failed,
+        state.fail_stage, state.fail_beta)))
+    beta = np.asarray(fields[0])
     if num_chains is None:
         num_chains = int(beta.shape[0]) if beta.ndim else 1
     out = []
     for c in range(num_chains):
-        h = _chain_view(state.history, c, num_chains)
+        h = _chain_view(history, c, num_chains)
         ess, num_dead, num_failed, failed, fail_stage, fail_beta = _chain_view(
-            (state.ess, state.num_dead, state.num_failed, state.failed, state.fail_stage,
-             state.fail_beta),
-            c, num_chains,
-        )
+            fields[1:], c, num_chains)
         ran = np.isfinite(h.beta)
         n_run = int(np.sum(ran))
         ess_b, ess_i = _argmin(h.ess_before_resampling[ran])
