@@ -67,6 +67,7 @@ from smc_vs_blackjax import blackjax_algorithm, gaussian_problem, logistic_probl
 from numpyro_jarzynski.engine import kernels as K
 from numpyro_jarzynski.engine import path as EP
 from numpyro_jarzynski.engine import stage as ES
+from numpyro_jarzynski.engine import weights as W
 from numpyro_jarzynski.engine.population import Population, resample_if
 from numpyro_jarzynski.infer import tempering as T
 
@@ -244,7 +245,7 @@ def breakdown_programs(eng, reps, shared=True):
 
     progs["beta bisection (solve_next_beta on the work's CESS)"] = (bisection, lw0)
     progs["weight tail record (top-k for the k-hat fitted after the run)"] = (
-        lambda lw: ES.weight_tail(lw), lw0)
+        W.weight_tail, lw0)
 
     def forced_resample(lw):
         pop = Population(x0, lw, jnp.zeros(()))

@@ -53,9 +53,6 @@ from numpyro_jarzynski.engine.population import (
 )
 from numpyro_jarzynski.engine.resampling import get_scheme
 
-# Fewer particles than this: the Pareto k-hat of the weights is not computed (NaN).
-KHAT_MIN_PARTICLES = 25
-
 
 class MoveInfo(NamedTuple):
     """What a block of moves saw: the smallest conditional ESS of the moves' own increments
@@ -119,14 +116,6 @@ class SweepMove(NamedTuple):
         c_new = None if target.evaluate is None else target.evaluate(x_new)
         return K.MoveResult(x_new, c_new, jnp.zeros(n, dtype), jnp.ones(n, dtype),
                             jnp.zeros(n, bool))
-
-
-def weight_tail(log_w):
-    """The record of the weights' tail that their Pareto k-hat is fitted from after the run
-    (:func:`~.weights.weight_tail`, fitted by :func:`~.weights.khat_of_tail`): the fit is
-    not part of the compiled stage. Fewer than :data:`KHAT_MIN_PARTICLES` particles: an
-    empty record (k-hat NaN)."""
-    return W.weight_tail(log_w)
 
 
 def deaths(log_w_before, log_w_after):
@@ -260,7 +249,7 @@ def step(key, pop, cache, increment, kernel, target, step_size, scale_fn, num_mo
     """
     k_res, k_move = Z.split(key)
     pop, cess, dead, failed = reweight(pop, increment)
-    tail_before = weight_tail(pop.log_weights)
+    tail_before = W.weight_tail(pop.log_weights)
     pop, cache, extra, res = resample_if(k_res, pop, threshold, scheme, cache, extra)
     res = res._replace(resampled=res.resampled.astype(jnp.int32))
     if cache is None and kernel is not None:
@@ -299,7 +288,7 @@ def step_waste_free(key, pop, cache, increment, kernel, target, step_size, scale
     m = n // chain_length
     k_res, k_move = Z.split(key)
     pop, cess, dead, failed = reweight(pop, increment)
-    tail_before = weight_tail(pop.log_weights)
+    tail_before = W.weight_tail(pop.log_weights)
     ess_before = W.ess(pop.log_weights)
     # M ancestors: the same scheme, asked for M indices.
     idx = jnp.sort(get_scheme(scheme)(k_res, pop.log_weights, m))
@@ -354,7 +343,7 @@ def _move_then_reweight(key, pop, cache, path, a, b, kernel, step_size, scale_fn
     pop, cache, extra, info = move(k_move, pop, cache, kernel, path.target(a), step_size, scale,
                                    num_moves, None, scheme, extra, hook, hook_first)
     pop, cess, dead, failed = reweight(pop, path.increment(pop.x, cache, a, b))
-    tail_before = weight_tail(pop.log_weights)
+    tail_before = W.weight_tail(pop.log_weights)
     pop, cache, extra, res = resample_if(k_res, pop, threshold, scheme, cache, extra)
     res = res._replace(resampled=res.resampled.astype(jnp.int32))
     # The cache is γ_a's: it stays valid at b only if the path shares one cache for all points.
@@ -441,4 +430,4 @@ def advance(key, pop, cache, path, a, b, kernel, step_size, scale_fn, num_moves,
 
 
 __all__ = ["MoveInfo", "StageInfo", "SweepMove", "advance", "deaths", "failures", "jump",
-           "move", "reweight", "step", "step_waste_free", "weight_tail", "worse"]
+           "move", "reweight", "step", "step_waste_free", "worse"]

@@ -138,9 +138,9 @@ def weight_tail(log_w):
     no tail to fit: shape ``(0,)``.
     """
     n = log_w.shape[0]
-    tail = khat_tail_size(n)
-    if tail < 5:
+    if tail_record_size(n) == 0:
         return jnp.zeros((0,), log_w.dtype)
+    tail = khat_tail_size(n)
     lw = jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf)
     # The barrier keeps XLA's CPU backend from rewriting top_k with what follows into a sort
     # of all N weights (40 ms instead of 2 at N = 10^5; same values).
@@ -162,8 +162,8 @@ def uniform_tail(n, dtype):
 def khat_of_tail(record):
     """Pareto k-hat from :func:`weight_tail` records ``(..., M + 2)``, batched over the
     leading axes. On concrete arrays (a finished run's records) it runs in NumPy, in float64,
-    compiling nothing; on traced ones (inside ``jit`` or ``vmap``) in JAX. See :func:`pareto_khat` for what it returns; a
-    record of NaNs (a stage that did not run, or a bridging stage) gives NaN, and an empty
+    compiling nothing; on traced ones (inside ``jit`` or ``vmap``) in JAX. See
+    :func:`pareto_khat` for what it returns; a record of NaNs (a stage that did not run, or a bridging stage) gives NaN, and an empty
     record (fewer than 25 particles) gives NaN."""
     try:
         host = np.asarray(record, np.float64)
@@ -232,6 +232,6 @@ def pareto_khat(log_w):
     the result is NaN, "undefined", and the ESS speaks for the weights.
     """
     n = log_w.shape[0]
-    if khat_tail_size(n) < 5:
+    if tail_record_size(n) == 0:
         raise ValueError(f"pareto_khat needs at least 25 particles, got {n}.")
     return khat_of_tail(weight_tail(jnp.asarray(log_w)))

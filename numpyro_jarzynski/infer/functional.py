@@ -173,10 +173,11 @@ def _whole_run(pieces, plan, from_state=False):
     return run
 
 
-def _stagewise_run(compiled, plan, progress_bar, desc, chain_axis=False):
+def _stagewise_run(compiled, plan, progress_bar, desc, chain_axis=False, single_chain=False):
     """The same run one compiled stage at a time (for the progress bar). ``chain_axis``: the
     pieces are vmapped over chains, so a collected field is ``(chains, ...)`` and the
-    collection is laid out ``(chains, stages, ...)``."""
+    collection is laid out ``(chains, stages, ...)``. ``single_chain``: the collection gets
+    a chain axis of length 1 (NumPyro's layout)."""
     axis = 1 if chain_axis else 0
     from tqdm.auto import trange
 
@@ -198,6 +199,8 @@ def _stagewise_run(compiled, plan, progress_bar, desc, chain_axis=False):
         else:
             collection = jax.tree.map(lambda a: jnp.moveaxis(a, 0, axis),
                                       _empty_collection(collect, state, dynamic, 0))
+        if single_chain:
+            collection = jax.tree.map(lambda a: a[None], collection)
         return state, collection
 
     return run
@@ -258,7 +261,8 @@ def _program(kernel, plan, data, chains, progress_bar, postprocess_fn):
         init = jax.jit(init, compiler_options=_cpu_options(0))
         step = jax.jit(step, compiler_options=_cpu_options(1))
         fn = _stagewise_run((init, step, jax.jit(collect), diagnostics),
-                            plan, progress_bar, desc, chain_axis=vectorized)
+                            plan, progress_bar, desc, chain_axis=vectorized,
+                            single_chain=num_chains == 1)
     else:
         single = _whole_run(pieces, plan, from_state=True)
         init = pieces[0]
@@ -298,16 +302,10 @@ def run_chains(kernel, start, data, plan, num_chains, chain_method, progress_bar
     ``start``: a key (a batch of ``num_chains`` keys for several chains), or the state to
     resume from (batched likewise)."""
     fn = _program(kernel, plan, data, (num_chains, chain_method), progress_bar, postprocess_fn)
-    if num_chains == 1:
-        last, fields = fn(start, data.dynamic)
-        if progress_bar:  # the stage-wise run stacks its collection eagerly
-            fields = jax.tree.map(lambda a: a[None], fields)
-    elif chain_method == "vectorized":
+    if num_chains == 1 or chain_method in ("vectorized", "parallel"):
         last, fields = fn(start, data.dynamic)
     elif callable(chain_method):
         last, fields = chain_method(lambda s: fn(s, data.dynamic))(start)
-    elif chain_method == "parallel":
-        last, fields = fn(start, data.dynamic)
     else:  # "sequential" (NumPyro turns "parallel" with too few devices into it)
         outs = [fn(jax.tree.map(lambda a, c=c: a[c], start), data.dynamic)
                 for c in range(num_chains)]

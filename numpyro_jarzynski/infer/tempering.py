@@ -241,8 +241,6 @@ class Codec(NamedTuple):
 COLLAPSED_ANCESTORS = 10
 
 
-
-
 def _finite(v):
     return jnp.where(jnp.isfinite(v), v, -jnp.inf)
 
@@ -282,7 +280,7 @@ def init_state(rng_key, z, log_weights, cache, step_size, num_stages, codec, aut
         acceptance_rate=zero,
         step_size=jnp.asarray(step_size, dtype),
         resampled=jnp.zeros((), jnp.int32),
-        weight_tail=S.weight_tail(pop.log_weights),
+        weight_tail=W.weight_tail(pop.log_weights),
         num_dead=jnp.sum(~jnp.isfinite(log_weights)).astype(jnp.int32),
         num_failed=jnp.sum(~jnp.isfinite(log_weights)).astype(jnp.int32),
         cache=cache,
@@ -406,7 +404,7 @@ def _move_stage(key, state, pop, disc, evaluate, config, kernel):
     )
     # An invariant move without a Gibbs hook leaves the weights as recorded (or uniform
     # after a resampling): the stage knows their tail without a second top-k.
-    tail_after = S.weight_tail(pop.log_weights) if info.tail_after is None else info.tail_after
+    tail_after = W.weight_tail(pop.log_weights) if info.tail_after is None else info.tail_after
     return _Moved(pop, cache, disc, beta_b, info.cess, info.move_cess, info.noise,
                   info.acceptance, info.resample, info.tail_before, info.num_dead,
                   info.num_failed, info.jump,
