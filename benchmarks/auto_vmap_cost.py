@@ -1,11 +1,12 @@
-"""Reproducer of a cost defect of ``move="auto"`` under vectorised chains.
+"""The cost of ``move="auto"`` on vectorised chains, against MALA at equal gradients.
 
-``JarzynskiSMC.sample`` is vmapped over chains by ``MCMC(..., chain_method="vectorized")`` (and
-here by ``init`` on a batch of keys); ``Auto`` picks its candidate with ``lax.switch`` on an
-index that is then batched, and JAX runs every branch and selects one. So each stage pays for
-every candidate's moves. Prints the CPU time (compilation excluded) of ``auto`` over MALA at
-the same 5 gradients per stage, for 1 and 8 chains: about 1.0 with one chain, about 3 with 8
-(2026-12-01: 1.0 and 3.1).
+``Auto`` picks its candidate per run with ``lax.switch``. Under ``jax.vmap`` over chains the
+index is batched, and JAX runs every branch and selects one, so each stage paid for every
+candidate's moves (2026-12-01: auto/MALA 1.0 with one chain, 3.1 with 8). Vectorised chains
+of an ``Auto`` kernel are now mapped with ``jax.lax.map`` inside the program
+(``numpyro_jarzynski.infer.functional.over_chains``), so each chain runs only its own
+candidate (2026-12-02: 0.9 and 1.0). Prints the CPU time (compilation excluded) of ``auto``
+over MALA at the same 5 gradients per stage, for 1 and 8 chains.
 
     python benchmarks/auto_vmap_cost.py
 """

@@ -29,7 +29,7 @@ from numpyro_jarzynski.ebm import (
     TrainState,
 )
 from numpyro_jarzynski.engine.kernels import HMC, MALA, UHMC, ULA, Auto
-from numpyro_jarzynski.infer import JarzynskiSMC, SMCAlgorithm, SMCState, smc
+from numpyro_jarzynski.infer import JarzynskiSMC, SMCAlgorithm, SMCInfo, SMCState, smc
 from numpyro_jarzynski.infer.gibbs import Gibbs, gibbs_plan
 from numpyro_jarzynski.interpolants import (
     GaussianMixtureInterpolant,
@@ -57,6 +57,7 @@ __all__ = [
     "JarzynskiSMC",
     "PottsLattice",
     "SMCAlgorithm",
+    "SMCInfo",
     "SMCState",
     "TrainResult",
     "TrainState",

@@ -150,13 +150,22 @@ def test_functional_run_is_the_kernel_warmup():
         return m, float(np.sqrt(np.sum(w * (np.asarray(s_.z["mu"]) - m) ** 2)))
 
     np.testing.assert_allclose(moments(state), moments(ref), atol=4e-3)
-    # init and step by hand: the same run again.
+    # init and step by hand (BlackJAX style, each stage hands back its record): the same run.
     s = init(jax.random.key(3), y)
     stage = jax.jit(step)
+    infos = []
     for _ in range(10):
-        s = stage(s, y)
+        s, info = stage(s, y)
+        infos.append(info)
     np.testing.assert_allclose(s.log_evidence, ref.log_evidence, rtol=1e-5)
     np.testing.assert_allclose(moments(s), moments(ref), atol=4e-3)
+    # The stage leaves the history alone; the records are the kernel run's history.
+    assert np.all(np.isnan(np.asarray(s.history.beta)))
+    stacked = jax.tree.map(lambda *v: np.stack(v), *infos)
+    np.testing.assert_allclose(stacked.beta, ref.history.beta, rtol=1e-5)
+    np.testing.assert_allclose(stacked.log_evidence_increment.sum(), ref.log_evidence,
+                               rtol=1e-5)
+    np.testing.assert_array_equal(stacked.resampled, ref.history.resampled)
     health = algo.report(state)
     assert len(health) == 1 and not health[0].failed
     mu = algo.samples(state, y)["mu"]
@@ -247,6 +256,50 @@ def test_one_stage_is_traced_once_per_candidate_move(move, records):
     y = jnp.ones(3)
     state = jax.jit(algo.init)(jax.random.key(0), y)
     assert str(jax.make_jaxpr(algo.step)(state, y)).count("top_k") == records
+
+
+def _switch_widths(jaxpr):
+    """Branch counts of every ``cond`` in a jaxpr, nested ones included."""
+    out = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "cond":
+            out.append(len(eqn.params["branches"]))
+        for v in eqn.params.values():
+            for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    out += _switch_widths(inner)
+    return out
+
+
+@pytest.mark.parametrize("how", ["mcmc", "sample"])
+def test_auto_on_vectorised_chains_runs_only_each_chains_candidate(how):
+    """``move="auto"`` chooses a candidate per run with a 4-way ``lax.switch``. Vectorised
+    chains under ``vmap`` batch the index, and the switch becomes a select over all four
+    candidates' moves (each stage paid for all of them: 3.1x MALA's CPU on 8 chains, before
+    this fix). The chains are mapped one after the other instead: the 4-way switch is in the
+    program, and the runs are the per-chain runs."""
+    kernel = nj.JarzynskiSMC(model, num_particles=100, move="auto")
+    y = jnp.ones(3)
+    keys = jax.random.split(jax.random.key(0), 2)
+    if how == "sample":  # the MCMCKernel API on a batch of states
+        states = kernel.init(keys, 4, None, (y,), {})
+        jaxpr = jax.make_jaxpr(lambda s: kernel.sample(s, (y,), {}))(states).jaxpr
+        assert 4 in _switch_widths(jaxpr)
+        return
+    mcmc = MCMC(kernel, num_warmup=4, num_samples=2, num_chains=2,
+                chain_method="vectorized", progress_bar=False)
+    mcmc.run(jax.random.key(1), y)
+    program = next(iter(kernel._programs.values()))  # the run mcmc.run compiled
+    jaxpr = jax.make_jaxpr(program)(jax.random.split(jax.random.key(1), 2), ()).jaxpr
+    assert 4 in _switch_widths(jaxpr)
+    one = MCMC(nj.JarzynskiSMC(model, num_particles=100, move="auto"), num_warmup=4,
+               num_samples=2, progress_bar=False)
+    split = jax.random.split(jax.random.key(1), 2)
+    for c in range(2):
+        one.run(split[c], y)
+        np.testing.assert_allclose(mcmc.last_state.log_evidence[c],
+                                   one.last_state.log_evidence, rtol=1e-5)
 
 
 def test_a_first_call_traces_the_model_and_never_runs_it_op_by_op():

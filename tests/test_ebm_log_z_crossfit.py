@@ -128,11 +128,20 @@ def test_crossfit_running_log_z_stays_exact_under_adam_and_sgd_where_shared_drif
     # log Z fall tens of nats below exact, and the two populations disagree: warned.
     exact, cross, shared, _ = rows["sgd_fast"]
     assert np.all(cross[-1] - exact[-1] < -5.0), cross[-1] - exact[-1]
+    # Both runs are warned: their running log Z carries a Monte Carlo error of 8-10 nats
+    # (measured; adam and sgd above stay below 0.9), and the one whose drift is large
+    # against it (8 sigma) is also told the two disagree.
+    drifted = 0
     for r in range(2):
         found = trainer._disagreement({k: v[r] for k, v in stats["sgd_fast"].items()}, 0)
-        msg = found["log_z_disagree"]
-        assert "the two running log Z disagree" in msg and "do not keep up with the model" in msg
+        msg = found["log_z_noisy"]
+        assert "too noisy" in msg and "do not keep up with the model" in msg
         assert "Lower the learning rate" in msg and "num_moves" in msg
+        if "log_z_disagree" in found:
+            drifted += 1
+            msg = found["log_z_disagree"]
+            assert "the two running log Z disagree" in msg and "num_moves" in msg
+    assert drifted >= 1
 
 
 def test_crossfit_learns_the_same_parameters_as_shared_and_warns_through_run():

@@ -272,7 +272,7 @@ def test_every_particle_dying_mid_run_freezes_the_state_and_raises_a_plain_error
     z = {"x": x0, "d": jnp.zeros(n)}
     state = T.init_state(jax.random.key(1), z, jnp.zeros(n), good, 0.5, 5, codec)
     config = T.TemperingConfig(num_stages=5, discrete_move=lambda k, b, x, d: d + 1)
-    step = jax.jit(lambda s: T.smc_step(s, evaluate, codec, config))
+    step = jax.jit(lambda s: T.record(*T.smc_step(s, evaluate, codec, config)))
     after = step(step(state))
     assert bool(after.failed) and int(after.fail_stage) == 0 and int(after.i) == 2
     assert np.all(np.isfinite(np.asarray(after.log_weights)))  # the last good population

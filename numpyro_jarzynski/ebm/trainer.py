@@ -85,6 +85,9 @@ is still finite and the run's history is the best evidence of what went wrong:
   ``DISAGREE_NATS``. The standard error is crude (``(1/ESS − 1)/N`` of each population at
   each resampling, summed; history ``log_z_mc_var``); the drift is the walkers failing to
   follow the model, and then the witness's ``log Z`` can be tens to hundreds of nats off too;
+  and, with the same standard error, a running ``log Z`` whose Monte Carlo error exceeds
+  ``NOISY_LOG_Z_NATS`` (a few surviving walkers resampled at every update: the drift check
+  cannot certify anything then, and the number is not a log Z to read);
 * walkers that die (weight zero) during the run, with their count and the first update.
 
 Why a dedicated trainer rather than NumPyro's SVI: SVI's ELBO has no place for the walkers'
@@ -206,6 +209,8 @@ MIN_EFFECTIVE_WALKERS = 3.0
 #: Monte Carlo standard errors plus this many nats (see ``_diagnose``)
 DISAGREE_SIGMAS = 5.0
 DISAGREE_NATS = 2.0
+#: log_z="crossfit": warn when the running log Z's Monte Carlo error exceeds this many nats
+NOISY_LOG_Z_NATS = 2.0
 
 
 class EBMTrainer:
@@ -751,11 +756,26 @@ class EBMTrainer:
                + (1.0 / np.maximum(stats["ess_log_z"], 1e-12) - 1.0) / self.num_log_z_walkers)
         var = np.concatenate([[0.0], np.cumsum(stats["log_z_mc_var"])[:-1]]) + now
         sigma = np.sqrt(np.maximum(var, 0.0))
+        found = {}
+        noisy = np.flatnonzero(sigma > NOISY_LOG_Z_NATS)
+        if noisy.size:
+            i = noisy[0]
+            found["log_z_noisy"] = (
+                f"EBMTrainer: the running log Z has a Monte Carlo error of about "
+                f"{sigma[i]:.2g} nats by update {first + i} (and {sigma[-1]:.2g} at update "
+                f"{first + sigma.size - 1}; the walkers' ESS fell to "
+                f"{float(np.min(stats['ess'])):.2g} of {self.num_walkers}): it is too noisy "
+                "to be read as log Z, or to check the two populations against each other. The "
+                "walkers do not keep up with the model: each gradient step moves θ further "
+                "than they mix, so every update resamples a few survivors. Lower the learning "
+                "rate, or use more moves per update (num_moves), more walkers (num_walkers), "
+                "or a larger ULA step_size."
+            )
         bad = np.flatnonzero(np.abs(drift) > DISAGREE_SIGMAS * sigma + DISAGREE_NATS)
         if not bad.size:
-            return {}
+            return found
         i = bad[0]
-        return {"log_z_disagree": (
+        return {**found, "log_z_disagree": (
             f"EBMTrainer: the two running log Z disagree: at update {first + i} the gradient "
             f"walkers' log Z ({stats['log_z_grad'][i]:.5g}) and the witness walkers' "
             f"({stats['log_z'][i]:.5g}) have drifted {drift[i]:+.4g} nats apart since update "

@@ -50,6 +50,7 @@ import numpy as np
 from numpyro.util import nested_attrgetter
 
 from numpyro_jarzynski.infer import report
+from numpyro_jarzynski.infer.tempering import field_source, record
 
 # Compiled runs kept per kernel (least recently used dropped first).
 MAX_PROGRAMS = 16
@@ -104,20 +105,23 @@ class RunPlan(NamedTuple):
 
 
 def _pieces(kernel, plan, rebuild, postprocess_fn):
-    """``(init, step, collect)`` of one chain, each ``f(·, dynamic_data)``."""
-
+    """``(init, step, collect)`` of one chain, each ``f(·, dynamic_data)``: ``step`` runs a
+    stage and records it in the state's history; ``collect(state, info, dynamic)`` reads
+    the collected fields from the state or the stage's record (``tempering.field_source``)."""
     def init(key, dynamic):
         args, kwargs = rebuild(dynamic)
         return kernel._init_one(key, plan.num_warmup, args, kwargs)
 
     def step(state, dynamic):
         args, kwargs = rebuild(dynamic)
-        return kernel._step(state, args, kwargs)
+        state, info = kernel._step(state, args, kwargs)
+        return record(state, info), info
 
-    def collect(state, dynamic):
+    getters = [(field_source(f), nested_attrgetter(f)) for f in plan.collect_fields]
+
+    def collect(state, info, dynamic):
         args, kwargs = rebuild(dynamic)
-        fields = nested_attrgetter(*plan.collect_fields)(state)
-        fields = [fields] if len(plan.collect_fields) == 1 else list(fields)
+        fields = [get(state if src == "state" else info) for src, get in getters]
         post = postprocess_fn if postprocess_fn is not None else kernel.postprocess_fn(
             args, kwargs)
         z = post(fields[0])
@@ -137,8 +141,15 @@ def _collect_at(plan, i):
     return (j >= 0) & ((j + 1) % plan.thinning == 0), j // plan.thinning
 
 
+def _info_like(state):
+    """An abstract stage record of ``state``'s run(s): one entry of the history (whose stage
+    axis follows the chain axes, as many as ``state.i`` has)."""
+    first = (slice(None),) * jnp.ndim(state.i) + (0,)
+    return jax.eval_shape(lambda h: jax.tree.map(lambda a: a[first], h), state.history)
+
+
 def _empty_collection(collect, state, dynamic, size):
-    proto = jax.eval_shape(collect, state, dynamic)
+    proto = jax.eval_shape(collect, state, _info_like(state), dynamic)
     return jax.tree.map(lambda a: jnp.zeros((size, *a.shape), a.dtype), proto)
 
 
@@ -154,7 +165,7 @@ def _whole_run(pieces, plan, from_state=False):
 
         def body(i, carry):
             state, collection = carry
-            state = step(state, dynamic)
+            state, info = step(state, dynamic)
             if plan.collection_size == 0:
                 return state, collection
             take, slot = _collect_at(plan, i)
@@ -162,7 +173,7 @@ def _whole_run(pieces, plan, from_state=False):
             collection = jax.lax.cond(
                 take,
                 lambda c: jax.tree.map(lambda a, v: a.at[slot].set(v), c,
-                                       collect(state, dynamic)),
+                                       collect(state, info, dynamic)),
                 lambda c: c,
                 collection,
             )
@@ -188,10 +199,10 @@ def _stagewise_run(compiled, plan, progress_bar, desc, chain_axis=False, single_
         collected = []
         with trange(plan.upper, disable=not progress_bar, desc=desc) as bar:
             for i in bar:
-                state = step(state, dynamic)
+                state, info = step(state, dynamic)
                 take, _ = _collect_at(plan, i)
                 if take:
-                    collected.append(collect(state, dynamic))
+                    collected.append(collect(state, info, dynamic))
                 if progress_bar and diagnostics is not None:
                     bar.set_postfix_str(diagnostics(state), refresh=False)
         if collected:
@@ -204,6 +215,28 @@ def _stagewise_run(compiled, plan, progress_bar, desc, chain_axis=False, single_
         return state, collection
 
     return run
+
+
+def over_chains(kernel, fn, num_batched=1):
+    """``fn`` mapped over a leading chain axis of its first ``num_batched`` arguments (the
+    others shared), for vectorised chains.
+
+    ``jax.vmap`` for every fixed move. ``move="auto"`` picks its candidate per run with
+    ``lax.switch``, and under ``vmap`` the index is batched, so every candidate's moves would
+    run for every chain (2.4-3.7× MALA's CPU in the moves benchmark): its chains are mapped
+    with ``jax.lax.map`` instead, one after the other inside the program, each running only
+    its own candidate (the particle axis keeps every op vectorised)."""
+    from numpyro_jarzynski.engine.kernels import Auto
+
+    per_run = isinstance(kernel.move, Auto)
+
+    def mapped(*args):
+        batched, shared = args[:num_batched], args[num_batched:]
+        if per_run:
+            return jax.lax.map(lambda b: fn(*b, *shared), batched)
+        return jax.vmap(lambda *b: fn(*b, *shared))(*batched)
+
+    return mapped
 
 
 def _cpu_options(level):
@@ -251,9 +284,9 @@ def _program(kernel, plan, data, chains, progress_bar, postprocess_fn):
     elif progress_bar:
         init, step, collect = pieces
         if vectorized:
-            init = jax.vmap(init, in_axes=(0, None))
-            step = jax.vmap(step, in_axes=(0, None))
-            collect = jax.vmap(collect, in_axes=(0, None))
+            init = over_chains(kernel, init)
+            step = over_chains(kernel, step)
+            collect = over_chains(kernel, collect, 2)
             diagnostics = None
         else:
             diagnostics = kernel.get_diagnostics_str
@@ -269,8 +302,8 @@ def _program(kernel, plan, data, chains, progress_bar, postprocess_fn):
         if num_chains == 1:  # NumPyro's layout has a chain axis: added inside the program
             single = _with_chain_axis(single)
         if vectorized:
-            single = jax.vmap(single, in_axes=(0, None))
-            init = jax.vmap(init, in_axes=(0, None))
+            single = over_chains(kernel, single)
+            init = over_chains(kernel, init)
         loop = jax.jit(single, compiler_options=_cpu_options(1))
         if plan.resumed:
             fn = loop
@@ -321,11 +354,16 @@ class SMCAlgorithm:
     ``init, step = algo`` unpacks like BlackJAX's ``SamplingAlgorithm``.
 
     * ``init(rng_key, *model_args, **model_kwargs) -> SMCState``: exact prior draws.
-    * ``step(state, *model_args, **model_kwargs) -> SMCState``: one stage (β chosen by the
-      schedule; stages after the ``num_stages``-th stay at β = 1 and only mix).
+    * ``step(state, *model_args, **model_kwargs) -> (SMCState, SMCInfo)``: one stage (β
+      chosen by the schedule; stages after the ``num_stages``-th stay at β = 1 and only
+      mix) and its record (:class:`~numpyro_jarzynski.infer.tempering.SMCInfo`: ESS,
+      conditional ESS, acceptance, ...), as BlackJAX's kernels return them. The stage does
+      not write ``state.history``; :func:`~numpyro_jarzynski.infer.tempering.record`
+      does, as ``run`` and ``mcmc.run`` do.
     * ``run(rng_key, *model_args, **model_kwargs) -> SMCState``: ``init`` and
-      ``num_stages`` stages; ``state.log_evidence`` is the estimate of ``log p(y)``, the
-      weighted population is ``state.z`` (unconstrained) with ``state.log_weights``.
+      ``num_stages`` stages, each recorded in ``state.history``; ``state.log_evidence`` is
+      the estimate of ``log p(y)``, the weighted population is ``state.z``
+      (unconstrained) with ``state.log_weights``.
     * ``samples(state, *model_args, **model_kwargs)``: the population in constrained space
       (with deterministic sites), a dict of ``(N, ...)`` arrays.
     * ``report(state)``: raise :class:`~numpyro_jarzynski.infer.report.SMCFailure` if the
@@ -359,7 +397,8 @@ class SMCAlgorithm:
     def run(self, rng_key, *model_args, **model_kwargs):
         state = self.init(rng_key, *model_args, **model_kwargs)
         return jax.lax.fori_loop(
-            0, self.num_stages, lambda _, s: self.step(s, *model_args, **model_kwargs), state)
+            0, self.num_stages,
+            lambda _, s: record(*self.step(s, *model_args, **model_kwargs)), state)
 
     def samples(self, state, *model_args, **model_kwargs):
         return self.kernel.postprocess_fn(model_args, model_kwargs)(state.z)

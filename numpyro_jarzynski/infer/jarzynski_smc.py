@@ -21,7 +21,6 @@ import hashlib
 import numbers
 import warnings
 from collections import OrderedDict
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -37,13 +36,19 @@ from numpyro_jarzynski.engine.preconditioner import DIAGONAL, MassMatrix
 from numpyro_jarzynski.engine.resampling import get_scheme
 from numpyro_jarzynski.infer import model_bridge as bridge
 from numpyro_jarzynski.infer import report
+from numpyro_jarzynski.infer.functional import over_chains
 from numpyro_jarzynski.infer.gibbs import Gibbs, make_discrete_move
 from numpyro_jarzynski.infer.tempering import (
+    INFO_PROPERTIES,
+    STAGE_FIELDS,
+    STATE_PROPERTIES,
     Codec,
     ParticleCache,
     SMCState,
     TemperingConfig,
+    field_source,
     init_state,
+    record,
     smc_step,
 )
 
@@ -429,9 +434,8 @@ class JarzynskiSMC(MCMCKernel):
         model_kwargs = model_kwargs or {}
         self._model_spec(model_args, model_kwargs)  # the model's errors and warnings, eagerly
         if not is_prng_key(rng_key):  # vectorized chains: a batch of keys
-            return jax.vmap(lambda k: self._init_one(k, num_warmup, model_args, model_kwargs))(
-                rng_key
-            )
+            return over_chains(self, lambda k: self._init_one(k, num_warmup, model_args,
+                                                              model_kwargs))(rng_key)
         return self._init_one(rng_key, num_warmup, model_args, model_kwargs)
 
     def _init_one(self, rng_key, num_warmup, model_args, model_kwargs, quiet=True):
@@ -493,21 +497,24 @@ class JarzynskiSMC(MCMCKernel):
         return evaluate, codec, config
 
     def _step(self, state, model_args, model_kwargs):
-        """One stage of one run: a pure function of its arguments."""
+        """One stage of one run, ``(state, SMCInfo)``: a pure function of its arguments."""
         model_kwargs = model_kwargs or {}
         spec = self._model_spec(model_args, model_kwargs, quiet=True)
         num_warmup = state.history.beta.shape[-1]  # one history entry per annealing stage
         evaluate, codec, config = self._stage_program(spec, state.z, num_warmup, model_args,
                                                       model_kwargs)
-        return self._shard(
-            smc_step(self._shard(state), evaluate=evaluate, codec=codec, config=config))
+        state, info = smc_step(self._shard(state), evaluate=evaluate, codec=codec,
+                               config=config)
+        return self._shard(state), info
 
     def sample(self, state, model_args, model_kwargs):
         # Failures are recorded in the state (``failed``, ``num_dead``, the stage history) and
         # reported from Python after the compiled run (numpyro_jarzynski.infer.report).
-        step = partial(self._step, model_args=model_args, model_kwargs=model_kwargs)
+        def step(state):
+            return record(*self._step(state, model_args, model_kwargs))
+
         if not is_prng_key(state.rng_key):  # chain_method="vectorized": a batch of runs
-            step = jax.vmap(step)
+            step = over_chains(self, step)
         return step(state)
 
     def postprocess_fn(self, model_args, model_kwargs):
@@ -526,13 +533,13 @@ class JarzynskiSMC(MCMCKernel):
     # Called by the MCMC.run wrapper (numpyro_jarzynski._numpyro_hooks) in Python, before and
     # after NumPyro's compiled loop.
     def _jarzynski_before_run(self, mcmc, args, kwargs, extra_fields):
-        valid = SMCState._fields + ("pareto_khat",)  # a property: the fit of weight_tail
+        valid = dict.fromkeys(
+            (*SMCState._fields, *STATE_PROPERTIES, *STAGE_FIELDS, *INFO_PROPERTIES))
         for name in extra_fields:
-            head = str(name).lstrip("~").split(".")[0]
-            if head not in valid:
+            if field_source(str(name).lstrip("~")) is None:
                 raise ValueError(
                     f"extra_fields names {name!r}, which is not a field of the JarzynskiSMC "
-                    f"state. Collectable fields: {', '.join(f for f in valid if f != 'rng_key')}"
+                    f"state or of its stages' records (SMCInfo). Collectable fields: {', '.join(f for f in valid if f != 'rng_key')}"
                     " (sub-fields with dots, e.g. 'history.ess')."
                 )
         resumed = mcmc.post_warmup_state is not None and self._data_fingerprint is not None

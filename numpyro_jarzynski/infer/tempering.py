@@ -83,8 +83,11 @@ class ParticleCache(NamedTuple):
 
 
 
-class StageHistory(NamedTuple):
-    """Per-stage diagnostics of the annealing (warmup) stages, one entry per stage.
+class SMCInfo(NamedTuple):
+    """What one stage did (BlackJAX's ``info``): :func:`smc_step` returns it beside the new
+    state. The run keeps the records of its annealing (warmup) stages, stacked on a leading
+    stage axis, as the state's ``history`` (:data:`StageHistory`, written by
+    :func:`record`); NumPyro's ``extra_fields`` collects its fields stage by stage.
 
     ``ess``: normalised Kish ESS after the stage; ``ess_before_resampling``: the smallest ESS
     the stage saw before any resampling (the number that shows a collapse); ``unique_ancestors``:
@@ -94,8 +97,8 @@ class StageHistory(NamedTuple):
     Metropolis-adjusted moves); ``resampled``: number of resamplings in the stage;
     ``weight_tail_before_resampling``: the record of the weights' tail after the stage's
     annealing increment, before any resampling, and ``weight_tail`` at the end of the stage
-    (:func:`~numpyro_jarzynski.engine.weights.weight_tail`, ``(num_stages, M + 2)``): their
-    Pareto k-hat, fitted after the run, is ``pareto_khat_before_resampling`` and
+    (:func:`~numpyro_jarzynski.engine.weights.weight_tail`, ``(M + 2,)`` per stage): their
+    Pareto k-hat, fitted where it is read, is ``pareto_khat_before_resampling`` and
     ``pareto_khat`` (properties; NumPy on a finished run's history, JAX inside ``jit``);
     ``num_dead``: particles that died in the stage (density NaN or infinite, or a
     weight below e^-1000 of the largest); ``num_failed``: those of them whose density or
@@ -142,7 +145,9 @@ class StageHistory(NamedTuple):
         return W.khat_of_tail(self.weight_tail_before_resampling)
 
 
-STAGE_FIELDS = StageHistory._fields
+# The run's record of its annealing stages: one SMCInfo per stage, stacked on a leading axis.
+StageHistory = SMCInfo
+STAGE_FIELDS = SMCInfo._fields
 INT_STAGE_FIELDS = ("resampled", "num_dead", "num_failed", "num_divergent", "move_index")
 # Per-stage records of the weights' tail (a vector per stage), fitted after the run.
 TAIL_STAGE_FIELDS = ("weight_tail", "weight_tail_before_resampling")
@@ -163,16 +168,21 @@ class AutoState(NamedTuple):
 
 
 class SMCState(NamedTuple):
-    """State of one SMC run; all particles live in one state.
+    """State of one SMC run: what the next stage needs (all particles live in one state),
+    and ``history``, the run's record of its annealing stages (one :class:`SMCInfo` each,
+    written by the run loop through :func:`record`, never by the stage).
 
-    Collectable fields (``mcmc.run(..., extra_fields=(...))``): ``z``, ``log_weights``,
-    ``beta``, ``log_evidence``, ``ess``, ``cess``, ``log_evidence_increment``,
-    ``acceptance_rate``, ``step_size``, ``resampled``, ``pareto_khat``, ``num_dead``,
-    ``num_failed`` (the dead whose density was not finite; the others had negligible weight).
-    ``pareto_khat`` is a property: the fit of the recorded ``weight_tail``
-    (:func:`~numpyro_jarzynski.engine.weights.weight_tail`), done only where it is read.
-    ``failed`` is set (and the state frozen at the last good stage) when every particle died at
-    stage ``fail_stage`` while moving to ``fail_beta``.
+    ``num_dead`` and ``num_failed`` (the dead whose density was not finite; the others had
+    negligible weight) count over the whole run. ``ess`` (normalised Kish ESS) and
+    ``pareto_khat`` (PSIS k-hat, ``-inf`` for uniform weights) are properties of the current
+    weights. ``failed`` is set (and the state frozen at the last good stage) when every
+    particle died at stage ``fail_stage`` while moving to ``fail_beta``.
+
+    Collectable with ``mcmc.run(..., extra_fields=(...))``: every field and property here
+    (``z``, ``log_weights``, ``beta``, ``log_evidence``, ``step_size``: the step the next
+    stage starts from, ``num_dead``, ``ess``, ...) and every field of the stage's
+    :class:`SMCInfo` (``cess``, ``log_evidence_increment``, ``acceptance_rate``,
+    ``resampled``, ``jump``, ...); a name on both is the state's.
     """
 
     i: jax.Array
@@ -181,13 +191,7 @@ class SMCState(NamedTuple):
     log_z_banked: jax.Array
     log_evidence: jax.Array
     beta: jax.Array
-    ess: jax.Array
-    cess: jax.Array
-    log_evidence_increment: jax.Array
-    acceptance_rate: jax.Array
     step_size: jax.Array
-    resampled: jax.Array
-    weight_tail: jax.Array
     num_dead: jax.Array
     num_failed: jax.Array
     cache: ParticleCache
@@ -201,9 +205,60 @@ class SMCState(NamedTuple):
     rng_key: jax.Array
 
     @property
+    def ess(self):
+        """Normalised Kish ESS of the current weights (one per run of a batch of runs)."""
+        return _per_run(W.ess, self.log_weights)
+
+    @property
     def pareto_khat(self):
-        """PSIS k-hat of the current weights (``-inf``: uniform), fitted from ``weight_tail``."""
-        return W.khat_of_tail(self.weight_tail)
+        """PSIS k-hat of the current weights (``-inf``: uniform; one per run)."""
+        return W.khat_of_tail(_per_run(W.weight_tail, self.log_weights))
+
+
+def _per_run(fn, log_w):
+    """``fn`` of one run's ``(N,)`` log-weights, mapped over the leading (chain) axes."""
+    for _ in range(jnp.ndim(log_w) - 1):
+        fn = jax.vmap(fn)
+    return fn(log_w)
+
+
+STATE_PROPERTIES = ("ess", "pareto_khat")
+INFO_PROPERTIES = ("pareto_khat_before_resampling",)
+
+
+def field_source(name):
+    """Where ``extra_fields`` name ``name`` (``"a"`` or ``"a.b"``) is read: ``"state"``,
+    ``"info"`` (the stage's :class:`SMCInfo`), or None (no such field). The state's fields
+    come first, then the stage's record, then the state's computed properties."""
+    head = str(name).split(".")[0]
+    if head in SMCState._fields:
+        return "state"
+    if head in SMCInfo._fields or head in INFO_PROPERTIES:
+        return "info"
+    if head in STATE_PROPERTIES:
+        return "state"
+    return None
+
+
+def blank_info(num_particles, dtype):
+    """The record of a stage that did not run (NaN, zero counts): a failed run's stages."""
+    nan = jnp.full((), jnp.nan, dtype)
+    tail = jnp.full((W.tail_record_size(num_particles),), jnp.nan, dtype)
+    return SMCInfo(**{f: (jnp.zeros((), jnp.int32) if f in INT_STAGE_FIELDS
+                          else tail if f in TAIL_STAGE_FIELDS else nan)
+                      for f in STAGE_FIELDS})
+
+
+def record(state, info):
+    """``state`` with the record ``info`` of the stage it just ran (stage ``state.i − 1``)
+    written into ``history`` if that stage was an annealing one (sampling stages at β = 1
+    are not recorded: NumPyro's collection holds them)."""
+    h = state.history
+    idx = state.i - 1
+    inside = idx < h.beta.shape[0]
+    at = jnp.clip(idx, 0, h.beta.shape[0] - 1)
+    return state._replace(history=jax.tree.map(
+        lambda a, v: jnp.where(inside, a.at[at].set(v.astype(a.dtype)), a), h, info))
 
 
 _DEFAULT_MOVE = K.MALA()
@@ -259,13 +314,7 @@ def init_state(rng_key, z, log_weights, cache, step_size, num_stages, codec, aut
     n = log_weights.shape[0]
     scale = _spread(pop.log_weights, pop.x, jnp.ones(x.shape[-1], dtype))
     h = max(num_stages, 1)
-    nan = jnp.full((h,), jnp.nan, dtype)
-    nan_tail = jnp.full((h, W.tail_record_size(n)), jnp.nan, dtype)
-    history = StageHistory(
-        **{f: (jnp.zeros((h,), jnp.int32) if f in INT_STAGE_FIELDS
-               else nan_tail if f in TAIL_STAGE_FIELDS else nan)
-           for f in STAGE_FIELDS}
-    )
+    history = jax.tree.map(lambda a: jnp.broadcast_to(a, (h, *a.shape)), blank_info(n, dtype))
     zero = jnp.zeros((), dtype)
     return SMCState(
         i=jnp.zeros((), jnp.int32),
@@ -274,13 +323,7 @@ def init_state(rng_key, z, log_weights, cache, step_size, num_stages, codec, aut
         log_z_banked=zero,
         log_evidence=W.log_mean_exp(pop.log_weights),
         beta=zero,
-        ess=W.ess(pop.log_weights),
-        cess=jnp.ones((), dtype),
-        log_evidence_increment=zero,
-        acceptance_rate=zero,
         step_size=jnp.asarray(step_size, dtype),
-        resampled=jnp.zeros((), jnp.int32),
-        weight_tail=W.weight_tail(pop.log_weights),
         num_dead=jnp.sum(~jnp.isfinite(log_weights)).astype(jnp.int32),
         num_failed=jnp.sum(~jnp.isfinite(log_weights)).astype(jnp.int32),
         cache=cache,
@@ -421,21 +464,25 @@ def _noise_step_rule(h, noise, target, max_step, exponent):
 
 
 def smc_step(state, evaluate, codec, config):
-    """One stage of tempered SMC. ``evaluate(x, disc) -> ParticleCache`` (vmapped).
+    """One stage of tempered SMC: ``(new state, its SMCInfo)``. ``evaluate(x, disc) ->
+    ParticleCache`` (vmapped).
 
     Pure and vmappable over independent runs. A stage at which every particle dies returns
-    the state it was given with ``failed`` set; a failed state passes through unchanged.
+    the state it was given with ``failed`` set (and a blank record); a failed state passes
+    through unchanged. The stage does not write ``history``: the run loop does
+    (:func:`record`).
     """
+    blank = blank_info(state.log_weights.shape[-1], state.log_weights.dtype)
     return jax.lax.cond(
         state.failed,
-        lambda s: s._replace(i=s.i + 1),
-        lambda s: _guarded_stage(s, evaluate, codec, config),
+        lambda s: (s._replace(i=s.i + 1), blank),
+        lambda s: _guarded_stage(s, evaluate, codec, config, blank),
         state,
     )
 
 
-def _guarded_stage(state, evaluate, codec, config):
-    new = _stage(state, evaluate, codec, config)
+def _guarded_stage(state, evaluate, codec, config, blank):
+    new, info = _stage(state, evaluate, codec, config)
     all_dead = jnp.all(~jnp.isfinite(new.log_weights))
     frozen = state._replace(
         i=state.i + 1, failed=jnp.ones((), bool), fail_stage=state.i, fail_beta=new.beta,
@@ -443,7 +490,7 @@ def _guarded_stage(state, evaluate, codec, config):
     )
     # A cond, not a select over every leaf: the state holds N × d arrays (walkers, cache)
     # and a stage where every walker dies is rare (under vmap the cond is a select anyway).
-    return jax.lax.cond(all_dead, lambda: frozen, lambda: new)
+    return jax.lax.cond(all_dead, lambda: (frozen, blank), lambda: (new, info))
 
 
 def _stage(state, evaluate, codec, config):
@@ -481,31 +528,21 @@ def _stage(state, evaluate, codec, config):
     ess = W.ess(pop.log_weights)
     tail = moved.tail_after
     n = pop.log_weights.shape[0]
-    stats = {
-        "beta": beta_b, "ess": ess,
-        "ess_before_resampling": jnp.minimum(res.ess_before, ess),
-        "unique_ancestors": res.num_unique / n,
-        "cess": moved.cess, "move_cess": moved.move_cess,
-        "log_evidence_increment": log_z - log_z_before,
-        "acceptance_rate": moved.acceptance, "step_size": h,
-        "resampled": res.resampled.astype(jnp.int32), "weight_tail": tail,
-        "weight_tail_before_resampling": moved.tail_before, "num_dead": num_dead,
-        "num_failed": moved.num_failed,
-        "jump": moved.jump, "num_divergent": moved.num_divergent, "move_index": idx,
-        "mass_shrinkage": shrinkage,
-    }
-    idx = jnp.minimum(i, state.history.beta.shape[0] - 1)
-    in_warmup = i < config.num_stages
-    history = StageHistory(
-        **{
-            f: jnp.where(
-                in_warmup,
-                getattr(state.history, f).at[idx].set(stats[f].astype(getattr(state.history, f).dtype)),
-                getattr(state.history, f),
-            )
-            for f in STAGE_FIELDS
-        }
+    info = SMCInfo(
+        beta=beta_b, ess=ess,
+        ess_before_resampling=jnp.minimum(res.ess_before, ess),
+        unique_ancestors=res.num_unique / n,
+        cess=moved.cess, move_cess=moved.move_cess,
+        log_evidence_increment=log_z - log_z_before,
+        acceptance_rate=moved.acceptance, step_size=h,
+        resampled=res.resampled, weight_tail=tail,
+        weight_tail_before_resampling=moved.tail_before, num_dead=num_dead,
+        num_failed=moved.num_failed,
+        jump=moved.jump, num_divergent=moved.num_divergent, move_index=idx,
+        mass_shrinkage=shrinkage,
     )
+    info = SMCInfo(*(jnp.asarray(v, jnp.int32 if f in INT_STAGE_FIELDS else ess.dtype)
+                     for f, v in zip(STAGE_FIELDS, info)))
     num_unique = jnp.where(res.resampled > 0, res.num_unique, state.num_unique)
     return state._replace(
         i=i + 1,
@@ -514,22 +551,15 @@ def _stage(state, evaluate, codec, config):
         log_z_banked=pop.log_z_banked,
         log_evidence=log_z,
         beta=beta_b,
-        ess=ess,
-        cess=moved.cess,
-        log_evidence_increment=log_z - log_z_before,
-        acceptance_rate=moved.acceptance,
         step_size=new_h,
-        resampled=res.resampled.astype(jnp.int32),
-        weight_tail=tail,
         num_dead=state.num_dead + num_dead,
         num_failed=state.num_failed + moved.num_failed,
         cache=cache,
         scale=pooled,
         num_unique=num_unique,
-        history=history,
         auto=auto,
         rng_key=key,
-    )
+    ), info
 
 
 def _run_kernel(key, state, pop, disc, evaluate, config, kernel, h):
