@@ -35,9 +35,14 @@ Crooks increment goes into the weights, with a resampling check after each move.
 an unadjusted move is replaced by its Metropolis-adjusted twin (ULA → MALA, UHMC → HMC), so
 stages there only mix and add nothing to the evidence.
 
-**Trouble is recorded, not raised.** Every stage writes its ESS before resampling, the number
-of distinct ancestors it kept, the conditional ESS of every increment it applied, and the
-particles that died, into :class:`StageHistory`. A stage at which every particle dies leaves
+**State and record.** :func:`smc_step` returns ``(SMCState, SMCInfo)``, as BlackJAX's
+kernels do: the state holds what the next stage needs, the :class:`SMCInfo` what the stage
+did. The run loop (``mcmc.run``, the functional ``run``) keeps the records of the annealing
+stages in ``state.history`` (:func:`record`).
+
+**Trouble is recorded, not raised.** Every stage's record holds its ESS before resampling, the
+number of distinct ancestors it kept, the conditional ESS of every increment it applied, and
+the particles that died. A stage at which every particle dies leaves
 the state as it was (the last good stage) and sets ``failed``; later stages are no-ops. The
 kernel raises and warns from Python after the compiled run
 (:mod:`numpyro_jarzynski.infer.report`).
