@@ -162,7 +162,8 @@ class Engine:
                             self.num_stages, CODEC)
 
     def stages(self, state):
-        return jax.lax.fori_loop(0, self.num_stages, lambda i, s: self.step(s), state)
+        return jax.lax.fori_loop(0, self.num_stages, lambda i, s: T.record(*self.step(s)),
+                                 state)
 
 
 def blackjax_runner(problem, n, k_traj, leap, num_stages, target_ess=0.9):

@@ -28,7 +28,7 @@ from numpyro_jarzynski.ebm import (
     TrainResult,
     TrainState,
 )
-from numpyro_jarzynski.engine.kernels import HMC, MALA, UHMC, ULA, Auto
+from numpyro_jarzynski.engine.kernels import HMC, MALA, UHMC, ULA, Auto, Composite
 from numpyro_jarzynski.infer import JarzynskiSMC, SMCAlgorithm, SMCInfo, SMCState, smc
 from numpyro_jarzynski.infer.gibbs import Gibbs, gibbs_plan
 from numpyro_jarzynski.interpolants import (
@@ -45,6 +45,7 @@ __all__ = [
     "ULA",
     "Auto",
     "BernoulliRBM",
+    "Composite",
     "EBMTrainer",
     "EnergyBasedDistribution",
     "EnergyDistribution",

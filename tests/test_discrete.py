@@ -363,8 +363,11 @@ def test_bad_inputs():
         Gibbs(blocks="rows")
     with pytest.raises(TypeError, match=r"move=\[MALA\(\), Gibbs\(num_sweeps"):
         JarzynskiSMC(ising_block, num_sweeps=2)
-    with pytest.raises(ValueError, match="one continuous move"):
-        JarzynskiSMC(gmm, move=[MALA(), ULA(), Gibbs()])
+    with pytest.raises(ValueError, match=r"before or after all of them.*move=\[MALA\(\), HMC"):
+        JarzynskiSMC(gmm, move=[MALA(), Gibbs(), ULA()])
+    with pytest.raises(ValueError, match="'auto'.*cannot be composed"):
+        JarzynskiSMC(gmm, move=["auto", ULA()])
+    assert JarzynskiSMC(gmm, move=[MALA(), ULA(), Gibbs()]).move.name == "mala+ula"
     with pytest.raises(ValueError, match="more than once"):
         JarzynskiSMC(gmm, move=[Gibbs(), Gibbs()])
     with pytest.raises(TypeError, match=r"instance: Gibbs\(\)"):

@@ -41,6 +41,8 @@ MOVES = [
     (K.UHMC(num_steps=3), 0.5),
     (K.UHMC(num_steps=1, jitter=0.0), 0.8),
     (K.UHMC(num_steps=4, damping=1.5), 0.6),  # underdamped Langevin: refresh between steps
+    (K.Composite((K.MALA(), K.HMC(num_steps=3))), 0.3),  # invariant members: invariant
+    (K.Composite((K.ULA(), K.UHMC(num_steps=2))), 0.25),  # unadjusted: increments summed
 ]
 
 

@@ -61,7 +61,9 @@ def weighted_moments(mcmc, site):
     return mean, var
 
 
-@pytest.mark.parametrize("move", ["mala", "ula", "hmc", "uhmc"])
+# ["ula", "uhmc"]: two continuous moves in one list (a Composite: increments summed, both
+# replaced by their adjusted twins once β = 1).
+@pytest.mark.parametrize("move", ["mala", "ula", "hmc", "uhmc", ["ula", "uhmc"]], ids=str)
 def test_conjugate_gaussian_evidence_and_posterior(data, move):
     log_z, post_mean, post_var = conjugate_truth(data)
     # The adaptive schedule reaches β = 1 at stage 17 here; 40 stages leave 23 of mixing.

@@ -404,6 +404,87 @@ class Auto:
         return tuple(max(1, budget // c.grads_per_move) for c in self.candidates)
 
 
+@dataclass(frozen=True)
+class Composite:
+    """Several continuous moves applied one after the other, as one move (``move=[MALA(),
+    HMC()]``): each at the same target, with no resampling between them.
+
+    **Increment.** The composite's forward kernel is the product of its members' kernels, and
+    its backward kernel the product of their backward kernels in the reverse order, so its
+    Crooks term is the sum of theirs (each written next to its own proposal): exact for any
+    step, and zero when every member is invariant (then the composite is invariant).
+
+    **Step.** One dimensionless step ``h`` is adapted per stage; it is the first member's.
+    Member ``j`` runs at ``h · step_j(d) / step_0(d)`` (``step_j(d)``: its default step in
+    dimension ``d``, so a Langevin and a leapfrog member keep the ratio of their natural
+    scales), capped at its own ``max_step``. The stage adapts ``h`` by the invariant rule
+    (mean acceptance toward ``target_accept``) when every member is invariant, else by the
+    Crooks-noise rule of the first unadjusted member. Acceptance: the mean of the members'.
+    ``adjusted()`` replaces every unadjusted member by its adjusted twin.
+    """
+
+    moves: tuple
+
+    def __post_init__(self):
+        moves = self.moves
+        if not isinstance(moves, tuple) or len(moves) < 2:
+            raise ValueError("Composite(moves) takes a tuple of at least two move values, e.g. "
+                             "Composite((MALA(), HMC())); for one move pass it alone.")
+        for m in moves:
+            if not isinstance(m, tuple(KERNELS.values())):
+                raise TypeError(f"Composite members must be ULA(), MALA(), HMC(...) or "
+                                f"UHMC(...) values, got {m!r}.")
+
+    @property
+    def name(self):
+        return "+".join(m.name for m in self.moves)
+
+    @property
+    def invariant(self):
+        return all(m.invariant for m in self.moves)
+
+    @property
+    def grads_per_move(self):
+        return sum(m.grads_per_move for m in self.moves)
+
+    @property
+    def _leader(self):
+        """The member whose constants the step rule uses (the first unadjusted one, if any)."""
+        return next((m for m in self.moves if not m.invariant), self.moves[0])
+
+    @property
+    def max_step(self):
+        return self.moves[0].max_step
+
+    @property
+    def default_target(self):
+        return self._leader.default_target
+
+    @property
+    def noise_exponent(self):
+        return self._leader.noise_exponent
+
+    def default_step(self, dim):
+        return self.moves[0].default_step(dim)
+
+    def adjusted(self):
+        return Composite(tuple(m.adjusted() for m in self.moves))
+
+    def step(self, key, x, cache, target, step_size, scale):
+        d = x.shape[-1]
+        base = self.moves[0].default_step(d)
+        inc = jnp.zeros(x.shape[:1], x.dtype)
+        acc, div = [], jnp.zeros(x.shape[:1], bool)
+        for m, k in zip(self.moves, Z.split(key, len(self.moves))):
+            h = jnp.minimum(step_size * (m.default_step(d) / base), m.max_step)
+            out = m.step(k, x, cache, target, h, scale)
+            x, cache = out.x, out.cache
+            inc = inc + out.log_increment
+            acc.append(out.acceptance)
+            div = div | out.diverged
+        return MoveResult(x, cache, inc, sum(acc) / len(acc), div)
+
+
 KERNELS = {"ula": ULA, "mala": MALA, "hmc": HMC, "uhmc": UHMC}
 
 
@@ -418,7 +499,7 @@ def as_kernel(move):
                 f"numpyro_jarzynski.engine.kernels (e.g. HMC(num_steps=10)), got {move!r}."
             )
         return KERNELS[move]()
-    if isinstance(move, (*KERNELS.values(), Auto)):
+    if isinstance(move, (*KERNELS.values(), Auto, Composite)):
         return move
     raise TypeError(
         f"move must be a name in {tuple(KERNELS)} or a move value (ULA(), MALA(), HMC(...), "

@@ -31,7 +31,7 @@ from numpyro.infer.mcmc import MCMCKernel
 from numpyro.util import is_prng_key
 
 from numpyro_jarzynski.engine import schedules
-from numpyro_jarzynski.engine.kernels import MALA, Auto, as_kernel
+from numpyro_jarzynski.engine.kernels import MALA, Auto, Composite, as_kernel
 from numpyro_jarzynski.engine.preconditioner import DIAGONAL, MassMatrix
 from numpyro_jarzynski.engine.resampling import get_scheme
 from numpyro_jarzynski.infer import model_bridge as bridge
@@ -619,9 +619,11 @@ def _mass_arg(mass):
 def _split_moves(move):
     """``move`` (a value, a name, or a list) -> (continuous move, Gibbs or None, Gibbs first).
 
-    A list holds at most one continuous move and at most one :class:`Gibbs`, applied in the
-    list's order. With no continuous move the default MALA stands in (for purely discrete
-    models it has nothing to move)."""
+    A list holds continuous moves and at most one :class:`Gibbs`, applied in the list's order:
+    several continuous moves become one :class:`~numpyro_jarzynski.engine.kernels.Composite`
+    (applied in sequence, their increments summed), and Gibbs comes before or after all of
+    them. With no continuous move the default MALA stands in (for purely discrete models it
+    has nothing to move)."""
     moves = list(move) if isinstance(move, (list, tuple)) else [move]
     if not moves:
         raise ValueError("move is an empty list: give a move, e.g. move='mala'.")
@@ -634,15 +636,21 @@ def _split_moves(move):
     if len(gibbs) > 1:
         raise ValueError("move lists Gibbs() more than once; use Gibbs(num_sweeps=k) for k "
                          "sweeps per application.")
-    if len(cont) > 1:
+    if len(cont) > 1 and any(isinstance(m, (Auto, Composite)) for m in cont):
         raise ValueError(
-            f"move lists {len(cont)} continuous moves ({', '.join(m.name for m in cont)}); a "
-            "stage applies one continuous move (with an optional Gibbs() for discrete "
-            "sites). Pick one, e.g. move=[" + cont[0].name.upper() + "(), Gibbs()]."
-        )
+            f"move lists {', '.join(m.name for m in cont)}: 'auto' (or a Composite) cannot be "
+            "composed with other continuous moves. Use move='auto' alone (with an optional "
+            "Gibbs()), or list plain moves, e.g. move=[MALA(), HMC()].")
+    where = [i for i, m in enumerate(moves) if isinstance(m, Gibbs)]
+    if where and len(cont) > 1 and 0 < where[0] < len(moves) - 1:
+        raise ValueError(
+            "move puts Gibbs() between continuous moves; it runs before or after all of them "
+            "(the continuous moves are one composite move). Put it first or last, e.g. "
+            "move=[MALA(), HMC(), Gibbs()].")
     first = bool(gibbs) and bool(cont) and moves.index(gibbs[0]) < moves.index(
         next(m for m in moves if not isinstance(m, Gibbs)))
-    return (cont[0] if cont else None), (gibbs[0] if gibbs else None), first
+    move = cont[0] if len(cont) == 1 else Composite(tuple(cont)) if cont else None
+    return move, (gibbs[0] if gibbs else None), first
 
 
 def _fingerprint(args, kwargs):
