@@ -108,6 +108,7 @@ def _pieces(kernel, plan, rebuild, postprocess_fn):
     """``(init, step, collect)`` of one chain, each ``f(·, dynamic_data)``: ``step`` runs a
     stage and records it in the state's history; ``collect(state, info, dynamic)`` reads
     the collected fields from the state or the stage's record (``tempering.field_source``)."""
+
     def init(key, dynamic):
         args, kwargs = rebuild(dynamic)
         return kernel._init_one(key, plan.num_warmup, args, kwargs)
