@@ -140,6 +140,7 @@ class TrainState(NamedTuple):
     failure: Any = None
     failed_at: Any = None
     witness: Any = None
+    lr_scale: Any = None  # ess_lr: the factor on the optimiser's update (None: 1)
 
 
 class TrainResult(NamedTuple):
@@ -156,12 +157,22 @@ def _unwrap(fn):
 
 
 def _with_flags(state):
-    """``state`` with the failure fields filled in (healthy) where they are missing."""
+    """``state`` with the failure fields filled in (healthy) and the learning-rate factor
+    (1) where they are missing."""
     if state.failure is None or state.failed_at is None:
         state = state._replace(
             failure=jnp.zeros((), jnp.int32), failed_at=jnp.full((), -1, jnp.int32)
         )
+    if state.lr_scale is None:
+        state = state._replace(lr_scale=jnp.ones((), jnp.result_type(float)))
     return state
+
+
+#: ess_lr: the factor on the update shrinks by this when the walker ESS falls below the target,
+#: grows by ESS_LR_GROW (up to 1: never above the optimiser's own step) when it stays above
+ESS_LR_SHRINK = 0.5
+ESS_LR_GROW = 1.1
+ESS_LR_MIN = 1e-3
 
 
 def _healthy(state):
@@ -235,6 +246,13 @@ class EBMTrainer:
         depend on it). ``"shared"``: the gradient's own walkers (cheaper, but biased low by
         the walkers' influence on ``θ_{k+1}``: 10 nats on the digits RBM under Adam).
     :param int num_log_z_walkers: size of the witness population (default ``num_walkers``).
+    :param float ess_lr: ``jarzynski`` only: an ESS-driven learning rate. The optimiser's
+        update is multiplied by a factor ``s`` (``TrainState.lr_scale``, ``history["lr_scale"]``)
+        that halves after an update whose gradient walkers' normalised ESS after the work
+        increment fell below ``ess_lr``, and grows by 10 % (up to 1) after one that stayed
+        above; the factor for update ``k`` comes from update ``k − 1`` (the gradient
+        population's, never the witness's, so the running log Z stays unbiased). ``None``
+        (default): off.
     :param self_influence_correction: removed (it over-corrected: +10 nats on the digits
         RBM); passing ``True`` raises a ``ValueError`` naming ``log_z="crossfit"``.
     """
@@ -242,7 +260,7 @@ class EBMTrainer:
     def __init__(self, model, optimizer, *, method="jarzynski", num_walkers=256, num_moves=1,
                  step_size=0.01, num_init_stages=50, resample_threshold=0.5,
                  resampling="systematic", log_z=None, num_log_z_walkers=None,
-                 self_influence_correction=None):
+                 self_influence_correction=None, ess_lr=None):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
         if num_walkers < 2 or num_moves < 1 or num_init_stages < 1:
@@ -261,6 +279,15 @@ class EBMTrainer:
         if log_z == "crossfit" and method != "jarzynski":
             raise ValueError(f"log_z=\"crossfit\" needs method=\"jarzynski\" ({method!r} "
                              "tracks no log Z).")
+        if ess_lr is not None:
+            if method != "jarzynski":
+                raise ValueError(f"ess_lr needs method=\"jarzynski\" (it reads the walkers' "
+                                 f"weights; {method!r} has none). Leave ess_lr=None.")
+            if isinstance(ess_lr, bool) or not isinstance(ess_lr, (int, float)) or not (
+                    0.0 < ess_lr < 1.0):
+                raise ValueError(f"ess_lr must be a normalised ESS target in (0, 1), e.g. "
+                                 f"ess_lr=0.5, or None; got {ess_lr!r}.")
+        self.ess_lr = ess_lr
         num_log_z_walkers = num_walkers if num_log_z_walkers is None else num_log_z_walkers
         if num_log_z_walkers < 2:
             raise ValueError("num_log_z_walkers must be >= 2.")
@@ -492,6 +519,8 @@ class EBMTrainer:
         (loss, lg_data), grads = self.gradient(state.params, x, pop.log_weights, args, kwargs)
         bad_data = ~jnp.all(jnp.isfinite(lg_data))
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        if self.ess_lr is not None:
+            updates = jax.tree.map(lambda u: (state.lr_scale * u).astype(u.dtype), updates)
         params = jax.tree.map(lambda p, u: p + u, state.params, updates)
         param_max = _param_max(params)
         bad_params = ~jnp.isfinite(param_max)
@@ -550,9 +579,15 @@ class EBMTrainer:
             "resampled": resampled, "loss": loss,
             "param_max": param_max.astype(loss.dtype), "dead": dead,
         }
+        lr_scale = state.lr_scale
+        if self.ess_lr is not None:
+            stats["lr_scale"] = lr_scale.astype(loss.dtype)
+            lr_scale = jnp.where(ess < self.ess_lr,
+                                 jnp.maximum(lr_scale * ESS_LR_SHRINK, ESS_LR_MIN),
+                                 jnp.minimum(lr_scale * ESS_LR_GROW, 1.0)).astype(lr_scale.dtype)
         new = TrainState(params, opt_state, pop.x, pop.log_weights, pop.log_z_banked,
                          state.step + 1, key, state.failure, state.failed_at,
-                         witness if self.crossfit else state.witness)
+                         witness if self.crossfit else state.witness, lr_scale)
         return new, stats, code.astype(jnp.int32)
 
     def gradient(self, params, walkers, log_weights, args=(), kwargs=None):
