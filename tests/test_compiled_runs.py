@@ -166,6 +166,9 @@ def test_functional_run_is_the_kernel_warmup():
     np.testing.assert_allclose(stacked.log_evidence_increment.sum(), ref.log_evidence,
                                rtol=1e-5)
     np.testing.assert_array_equal(stacked.resampled, ref.history.resampled)
+    # Unrecorded stages cannot be checked, and the report says so (with the fix).
+    with pytest.warns(UserWarning, match=r"never recorded in state.history.*record\("):
+        algo.report(s)
     health = algo.report(state)
     assert len(health) == 1 and not health[0].failed
     mu = algo.samples(state, y)["mu"]

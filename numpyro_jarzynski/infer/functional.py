@@ -42,6 +42,7 @@ same programs are reused across runs); with ``progress_bar=False`` the whole run
 """
 
 import os
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -405,6 +406,16 @@ class SMCAlgorithm:
         return self.kernel.postprocess_fn(model_args, model_kwargs)(state.z)
 
     def report(self, state):
+        i, beta = jax.device_get((state.i, state.history.beta))
+        unrecorded = np.asarray(i) > 0
+        unrecorded &= np.all(np.isnan(np.asarray(beta)), axis=-1)
+        if np.any(unrecorded):
+            warnings.warn(
+                f"SMCAlgorithm.report: {int(np.sum(unrecorded))} run(s) took stages that were "
+                "never recorded in state.history, so their collapse, stage-budget and "
+                "stability checks cannot be made (only the final state is checked). When you "
+                "step by hand, record each stage: state = numpyro_jarzynski.infer.record("
+                "*step(state, ...)), as algo.run does.", UserWarning, stacklevel=2)
         batch = state.log_evidence.shape
         chains = int(np.prod(batch)) if batch else None
         flat = jax.tree.map(
