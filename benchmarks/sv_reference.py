@@ -117,12 +117,18 @@ def support(vals, u, v, drop=30.0):
     return ((u[iu[0]] - du, u[iu[-1]] + du), (v[iv[0]] - dv, v[iv[-1]] + dv))
 
 
+def integration_box(r):
+    """The ``(log ν, log σ)`` box to integrate over, from a wide coarse scan: log ν over
+    [−3, 7] (ν from 0.05 to 1100), log σ over [−9, 0]."""
+    _, vals, u, v = evidence(r, (-3.0, 7.0), (-9.0, 0.0), 41, k_sd=6.0, per_sd=4)
+    return support(vals, u, v)
+
+
 def reference_log_z(r=None):
     """The reference at the finest setting of :func:`main` (121² outer grid, ±10 prior sd,
     h = σ/8): ``(log Z, the box of (log ν, log σ) it integrates over)``."""
     r = returns() if r is None else r
-    _, vals, u, v = evidence(r, (-3.0, 7.0), (-9.0, 0.0), 41, k_sd=6.0, per_sd=4)
-    nu_box, sigma_box = support(vals, u, v)
+    nu_box, sigma_box = integration_box(r)
     log_z, _, _, _ = evidence(r, nu_box, sigma_box, 121, k_sd=10.0, per_sd=8)
     return log_z, (nu_box, sigma_box)
 
@@ -135,16 +141,14 @@ def main():
     print(f"# sv_reference: T = {r.size}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
           f"{platform.node()}, JAX {jax.__version__} {jax.default_backend()}, float64")
     c0, w0 = time.process_time(), time.perf_counter()
-    # A wide coarse scan first: log ν over [−3, 7] (ν from 0.05 to 1100), log σ over [−9, 0].
-    _, vals, u, v = evidence(r, (-3.0, 7.0), (-9.0, 0.0), 41, k_sd=6.0, per_sd=4)
-    nu_box, sigma_box = support(vals, u, v)
+    nu_box, sigma_box = integration_box(r)
     print(f"support (integrand within e^-30 of its max): log nu {nu_box[0]:.2f}..{nu_box[1]:.2f},"
           f" log sigma {sigma_box[0]:.2f}..{sigma_box[1]:.2f}")
     settings = [(41, 6.0, 4), (61, 8.0, 8)] if args.quick else [
         (41, 6.0, 4), (61, 8.0, 8), (81, 8.0, 8), (81, 10.0, 12), (121, 10.0, 8)]
     results = []
     for n_grid, k_sd, per_sd in settings:
-        log_z, vals, _, _ = evidence(r, nu_box, sigma_box, n_grid, k_sd=k_sd, per_sd=per_sd)
+        log_z, *_ = evidence(r, nu_box, sigma_box, n_grid, k_sd=k_sd, per_sd=per_sd)
         results.append(log_z)
         print(f"outer grid {n_grid}x{n_grid}, s grid ±{k_sd:g} prior sd of s_T at h = sigma/"
               f"{per_sd}: log Z = {log_z:.5f}")

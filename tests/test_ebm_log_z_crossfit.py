@@ -39,6 +39,20 @@ def digits(n_hidden, n_train):
     return model, train, test
 
 
+def exact_log_z_and_test_ll(test):
+    """Jitted, vmapped over runs: ``params -> (exact log Z, exact mean test log-lik)`` of the
+    RBM by enumeration."""
+
+    @jax.jit
+    @jax.vmap
+    def exact(params):
+        rbm = BernoulliRBM(params["W"], params["b"], params["c"])
+        log_z = rbm.log_partition()
+        return log_z, jnp.mean(-rbm.free_energy(test)) - log_z
+
+    return exact
+
+
 def adam_or_sgd(adam_lr, sgd_lr):
     """Adam or SGD chosen per run by the optimiser state ``(adam_state, use_sgd, lr_scale)``,
     so that runs with both optimisers are vmapped through one compiled ``steps``."""
@@ -76,12 +90,7 @@ def measure(groups, n_hidden, num_walkers, steps, chunk, n_train, adam_lr, sgd_l
     states = jax.tree.map(lambda *a: jnp.stack(a), *states)
     run = jax.jit(jax.vmap(lambda s: trainer.steps(s, train, chunk, 100)))
 
-    @jax.jit
-    @jax.vmap
-    def exact(params):
-        rbm = BernoulliRBM(params["W"], params["b"], params["c"])
-        log_z = rbm.log_partition()
-        return log_z, jnp.mean(-rbm.free_energy(test)) - log_z
+    exact = exact_log_z_and_test_ll(test)
 
     rows, stats = [], []
     for i in range(steps // chunk + 1):
@@ -216,18 +225,11 @@ def test_ess_driven_learning_rate_keeps_walkers_with_a_too_large_step():
     learns (-21.6, better than SGD at 0.2). At Adam 0.01 (walkers keep up) it stays at 1."""
     model, train, test = digits(8, 500)
 
-    @jax.jit
-    @jax.vmap
-    def exact(params):
-        rbm = BernoulliRBM(params["W"], params["b"], params["c"])
-        lz = rbm.log_partition()
-        return lz, jnp.mean(-rbm.free_energy(test)) - lz
-
-    from numpyro_jarzynski.ebm.trainer import _with_flags
+    exact = exact_log_z_and_test_ll(test)
 
     def go(opt, ess_lr):
         tr = EBMTrainer(model, opt, num_walkers=128, num_init_stages=20, ess_lr=ess_lr)
-        states = [_with_flags(tr.init(k, train)) for k in jax.random.split(jax.random.key(0), 2)]
+        states = [tr.init(k, train) for k in jax.random.split(jax.random.key(0), 2)]
         states = jax.tree.map(lambda *a: jnp.stack(a), *states)
         run = jax.jit(jax.vmap(lambda s: tr.steps(s, train, 50, 100)))
         errs = []

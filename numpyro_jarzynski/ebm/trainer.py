@@ -168,13 +168,6 @@ def _with_flags(state):
     return state
 
 
-#: ess_lr: the factor on the update shrinks by this when the walker ESS falls below the target,
-#: grows by ESS_LR_GROW (up to 1: never above the optimiser's own step) when it stays above
-ESS_LR_SHRINK = 0.5
-ESS_LR_GROW = 1.1
-ESS_LR_MIN = 1e-3
-
-
 def _healthy(state):
     return state._replace(
         failure=jnp.zeros_like(state.failure), failed_at=jnp.full_like(state.failed_at, -1)
@@ -222,6 +215,11 @@ DISAGREE_SIGMAS = 5.0
 DISAGREE_NATS = 2.0
 #: log_z="crossfit": warn when the running log Z's Monte Carlo error exceeds this many nats
 NOISY_LOG_Z_NATS = 2.0
+#: ess_lr: the factor on the update shrinks by this when the walker ESS falls below the target,
+#: grows by ESS_LR_GROW (up to 1: never above the optimiser's own step) when it stays above
+ESS_LR_SHRINK = 0.5
+ESS_LR_GROW = 1.1
+ESS_LR_MIN = 1e-3
 
 
 class EBMTrainer:

@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.util import nested_attrgetter
 
+from numpyro_jarzynski.engine.kernels import Auto
 from numpyro_jarzynski.infer import report
 from numpyro_jarzynski.infer.tempering import field_source, record
 
@@ -228,8 +229,6 @@ def over_chains(kernel, fn, num_batched=1):
     run for every chain (2.4-3.7× MALA's CPU in the moves benchmark): its chains are mapped
     with ``jax.lax.map`` instead, one after the other inside the program, each running only
     its own candidate (the particle axis keeps every op vectorised)."""
-    from numpyro_jarzynski.engine.kernels import Auto
-
     per_run = isinstance(kernel.move, Auto)
 
     def mapped(*args):

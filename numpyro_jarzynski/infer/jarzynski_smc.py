@@ -539,8 +539,9 @@ class JarzynskiSMC(MCMCKernel):
             if field_source(str(name).lstrip("~")) is None:
                 raise ValueError(
                     f"extra_fields names {name!r}, which is not a field of the JarzynskiSMC "
-                    f"state or of its stages' records (SMCInfo). Collectable fields: {', '.join(f for f in valid if f != 'rng_key')}"
-                    " (sub-fields with dots, e.g. 'history.ess')."
+                    f"state or of its stages' records (SMCInfo). Collectable fields: "
+                    f"{', '.join(f for f in valid if f != 'rng_key')} (sub-fields with dots, "
+                    "e.g. 'history.ess')."
                 )
         resumed = mcmc.post_warmup_state is not None and self._data_fingerprint is not None
         if resumed and _fingerprint(args, kwargs) != self._data_fingerprint:

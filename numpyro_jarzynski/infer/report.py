@@ -129,16 +129,6 @@ def _renewals(jump, resampled, betas):
     return np.array([jump[a:b].sum() for a, b in zip(starts, ends)])
 
 
-def _ess(log_w):
-    """Normalised Kish ESS of a finished run's log-weights (NumPy, on ``A − max A``)."""
-    log_w = np.asarray(log_w, np.float64)
-    top = np.max(log_w)
-    if not np.isfinite(top):
-        return 0.0
-    w = np.exp(log_w - top)
-    return float(np.sum(w) ** 2 / np.sum(w * w) / w.size)
-
-
 def _chain_view(tree, c, num_chains):
     def pick(v):
         v = np.asarray(jax.device_get(v))
@@ -152,7 +142,7 @@ def run_health(state, num_particles, target_ess=0.9, num_chains=None, num_moves=
     when there are several runs). Returns a list, one entry per chain."""
     # One transfer of everything the report reads (not one per array and chain).
     history, fields = jax.device_get((state.history, (
-        state.beta, state.log_weights, state.num_dead, state.num_failed, state.failed,
+        state.beta, state.ess, state.num_dead, state.num_failed, state.failed,
         state.fail_stage, state.fail_beta)))
     beta = np.asarray(fields[0])
     if num_chains is None:
@@ -160,7 +150,7 @@ def run_health(state, num_particles, target_ess=0.9, num_chains=None, num_moves=
     out = []
     for c in range(num_chains):
         h = _chain_view(history, c, num_chains)
-        log_w, num_dead, num_failed, failed, fail_stage, fail_beta = _chain_view(
+        ess, num_dead, num_failed, failed, fail_stage, fail_beta = _chain_view(
             fields[1:], c, num_chains)
         ran = np.isfinite(h.beta)
         n_run = int(np.sum(ran))
@@ -182,7 +172,7 @@ def run_health(state, num_particles, target_ess=0.9, num_chains=None, num_moves=
             chain=c,
             num_particles=int(num_particles),
             num_stages=n_run,
-            final_ess=_ess(log_w),
+            final_ess=float(ess),
             min_ess_before_resampling=ess_b,
             min_ess_stage=ess_i,
             min_unique_ancestors=uniq,

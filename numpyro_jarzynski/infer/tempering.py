@@ -212,7 +212,7 @@ class SMCState(NamedTuple):
     @property
     def ess(self):
         """Normalised Kish ESS of the current weights (one per run of a batch of runs)."""
-        return _per_run(W.ess, self.log_weights)
+        return _ess_per_run(self.log_weights)
 
     @property
     def pareto_khat(self):
@@ -225,6 +225,11 @@ def _per_run(fn, log_w):
     for _ in range(jnp.ndim(log_w) - 1):
         fn = jax.vmap(fn)
     return fn(log_w)
+
+
+# Jitted: the run report reads it on a finished state, where op-by-op dispatch of a vmapped
+# ESS cost 6 ms per call (8.8 against 2.7 ms for the whole report on eight schools).
+_ess_per_run = jax.jit(lambda log_w: _per_run(W.ess, log_w))
 
 
 STATE_PROPERTIES = ("ess", "pareto_khat")
