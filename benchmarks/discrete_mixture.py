@@ -28,7 +28,9 @@ Subcommands (``python benchmarks/discrete_mixture.py CMD``):
 
 * ``reference``: NUTS + importance sampling, cached in ``discrete_mixture_reference.json``;
 * ``cost``: time of one Gibbs sweep alone (plate block / coordinate sweep) vs n;
-* ``toy``: ``JarzynskiSMC(model, num_particles=1000, move=[MALA(), Gibbs(blocks=...)])``;
+* ``toy``: ``JarzynskiSMC(model, num_particles=1000, move=[MALA(), Gibbs(...)])``, configs
+  ``collapsed:n`` (B summed out of the path, the default ``Gibbs()``), ``plate:n`` /
+  ``coordinate:n`` (B sampled along the path: ``collapse=False``);
 * ``gmm``: the GMM settings (a)–(e).
 
 SMC timings: the kernel's own ``init`` + ``sample`` loop (what ``MCMC.run`` runs, chains
@@ -334,8 +336,13 @@ def toy(configs, num_seeds, num_warmup, num_moves, num_particles=1000):
     ref = json.loads(REF_PATH.read_text())
     for blocks, n in configs:
         args = toy_args(n)
+        # "collapsed": B summed out of the tempered path (the default Gibbs()); "plate" and
+        # "coordinate": B sampled along the path, as one block or element by element.
+        gibbs = (Gibbs() if blocks == "collapsed"
+                 else Gibbs(blocks="plate" if blocks == "plate" else "coordinate",
+                            collapse=False))
         r = run_smc(toy_model, args, num_seeds, 0, num_warmup, num_particles=num_particles,
-                    move=[MALA(), Gibbs(blocks=blocks)], num_moves=num_moves)
+                    move=[MALA(), gibbs], num_moves=num_moves)
         st = r.pop("state")
         lz = np.asarray(st.log_evidence)
         w = np.asarray(jax_softmax(st.log_weights))
@@ -364,14 +371,19 @@ def jax_softmax(x):
     return jax.nn.softmax(x, axis=-1)
 
 
-def gmm(num_seeds=8, num_particles=2000, num_warmup=100, which="abcde"):
+def gmm(num_seeds=8, num_particles=2000, num_warmup=100, which="afgh"):
     import jax.numpy as jnp
     import numpy as np
 
     from numpyro_jarzynski import MALA, UHMC, Gibbs
 
+    joint = Gibbs(collapse=False)  # the assignments sampled along the path (before 2026-12-02)
     settings = {
-        "a": ("defaults", {}),
+        "a": ("defaults (collapsed)", {}),
+        "f": ("move=[MALA(), Gibbs(collapse=False)]", {"move": [MALA(), joint]}),
+        "g": ("num_moves=5, target_ess=0.99 (collapsed)", {"num_moves": 5, "target_ess": 0.99}),
+        "h": ("num_moves=5, target_ess=0.99, Gibbs(collapse=False)",
+              {"num_moves": 5, "target_ess": 0.99, "move": [MALA(), joint]}),
         "b": ("move=[Gibbs(), MALA()]", {"move": [Gibbs(), MALA()]}),
         "c": ("target_ess=0.99", {"target_ess": 0.99}),
         "d": ("num_moves=5", {"num_moves": 5}),
@@ -383,7 +395,14 @@ def gmm(num_seeds=8, num_particles=2000, num_warmup=100, which="abcde"):
         r = run_smc(gmm_model, args, num_seeds, 0, num_warmup, num_particles=num_particles, **kw)
         st = r.pop("state")
         lz = np.asarray(st.log_evidence)
-        out = {"setting": key, "label": label, "log_z": lz.tolist(), "mean": float(lz.mean()),
+        w = np.asarray(jax_softmax(st.log_weights))
+        # Weighted mass of the one-wide-cluster mode (log σ > 1.2; exact 0.13) and of the
+        # labelling loc_0 < loc_1 (exact 0.5), per seed.
+        wide = np.sum(w * (np.asarray(st.z["scale"]) > 1.2), axis=-1)
+        locs = np.asarray(st.z["locs"])
+        order = np.sum(w * (locs[..., 0] < locs[..., 1]), axis=-1)
+        out = {"setting": key, "label": label, "wide_mass": wide.round(3).tolist(),
+               "label_mass": order.round(3).tolist(), "log_z": lz.tolist(), "mean": float(lz.mean()),
                "sd": float(lz.std(ddof=1)), "min": float(lz.min()), "max": float(lz.max()),
                "bias": float(lz.mean() - GMM_REF), **r}
         print(json.dumps(out), flush=True)
@@ -392,13 +411,14 @@ def gmm(num_seeds=8, num_particles=2000, num_warmup=100, which="abcde"):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("cmd", choices=["reference", "cost", "toy", "gmm"])
-    p.add_argument("--configs", default="plate:200,plate:800,plate:10000,coordinate:200")
+    p.add_argument("--configs", default="collapsed:200,collapsed:800,collapsed:10000,plate:200")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--num-warmup", type=int, default=50)
     p.add_argument("--num-moves", type=int, default=2)
     p.add_argument("--ns-plate", default="200,800,2000,10000")
     p.add_argument("--ns-coord", default="50,100,200,400")
-    p.add_argument("--gmm", default="abcde")
+    p.add_argument("--gmm", default="afgh")
+    p.add_argument("--gmm-seeds", type=int, default=16)
     args = p.parse_args()
     print(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')} argv={sys.argv[1:]}", flush=True)
     if args.cmd == "reference":
@@ -409,7 +429,7 @@ def main():
         configs = [(c.split(":")[0], int(c.split(":")[1])) for c in args.configs.split(",")]
         toy(configs, args.seeds, args.num_warmup, args.num_moves)
     elif args.cmd == "gmm":
-        gmm(which=args.gmm)
+        gmm(num_seeds=args.gmm_seeds, which=args.gmm)
 
 
 if __name__ == "__main__":

@@ -208,10 +208,12 @@ def gmm_exact():
     return logsumexp(log_terms), probs
 
 
-@pytest.fixture(scope="module")
-def gmm_run():
+@pytest.fixture(scope="module", params=["collapsed", "joint"])
+def gmm_run(request):
+    """The assignments summed out of the path (default) or sampled along it."""
+    gibbs = Gibbs(collapse=request.param == "collapsed")
     return run_chains(gmm, (jnp.asarray(GMM_Y),), num_chains=8, num_warmup=15, num_samples=3,
-                      num_particles=256, schedule="linear")
+                      num_particles=256, schedule="linear", move=[MALA(), gibbs])
 
 
 def test_gaussian_mixture_evidence_and_assignments(gmm_run):
@@ -240,24 +242,54 @@ def test_gibbs_and_moves_at_beta_one_add_no_weight(gmm_run):
 def test_plate_block_draws_each_element_from_its_conditional():
     """One plate-block update at fixed continuous state: P(z_i = k) ∝ w_k N(y_i; μ_k, σ)^β,
     exact per element, the same law as the coordinate sweep (elements are conditionally
-    independent given the continuous sites), and every element moves at once."""
+    independent given the continuous sites), and every element moves at once. A collapsed
+    block (summed out of the path) is drawn from its posterior conditional, β = 1."""
     y = jnp.asarray(GMM_Y)
-    assert gibbs_plan(gmm, (y,)) == {"z": "plate"}
+    assert gibbs_plan(gmm, (y,)) == {"z": "collapsed"}
+    assert gibbs_plan(gmm, (y,), collapse=False) == {"z": "plate"}
     spec = bridge.inspect_model(gmm, (y,), {})
     mu = jnp.array([-1.5, 0.2, 2.4])
     x0, unravel = ravel_pytree({"mu": mu})
     n, beta = 20000, 0.6
     x = jnp.tile(x0, (n, 1))
     d = {"z": jnp.zeros((n, y.size), jnp.int32)}
-    logits = np.log(GMM_W)[None] + beta * np.asarray(dist.Normal(mu[None], GMM_SIGMA).log_prob(
-        y[:, None]))
-    exact = np.exp(logits - logsumexp(logits, axis=1, keepdims=True))  # (n_obs, K)
-    for blocks in ("plate", "coordinate"):
-        move = jax.jit(make_discrete_move(gmm, (y,), {}, spec, unravel, blocks=blocks))
+    for blocks, collapse, b in (("plate", False, beta), ("coordinate", False, beta),
+                                ("plate", True, 1.0)):
+        logits = np.log(GMM_W)[None] + b * np.asarray(
+            dist.Normal(mu[None], GMM_SIGMA).log_prob(y[:, None]))
+        exact = np.exp(logits - logsumexp(logits, axis=1, keepdims=True))  # (n_obs, K)
+        move = jax.jit(make_discrete_move(gmm, (y,), {}, spec, unravel, blocks=blocks,
+                                          collapse=collapse))
         z = np.asarray(move(jax.random.key(7), jnp.float32(beta), x, d)["z"])
         freq = np.stack([(z == k).mean(0) for k in range(3)], 1)
         se = np.sqrt(exact * (1 - exact) / n)
-        assert np.all(np.abs(freq - exact) < 4 * se + 1e-4), (blocks, freq, exact)
+        assert np.all(np.abs(freq - exact) < 4 * se + 1e-4), (blocks, collapse, freq, exact)
+
+
+def test_collapsed_block_sums_the_site_out_of_the_likelihood():
+    """Collapsed: the likelihood part is Σ_i log Σ_k w_k N(y_i; μ_k, σ), whatever the
+    particle's assignments, and the prior part is the continuous sites' alone; the
+    coupled and the not-collapsible models keep the joint density."""
+    y = jnp.asarray(GMM_Y)
+    kernel = JarzynskiSMC(gmm, num_particles=64)
+    state = kernel.init(jax.random.key(0), 5, None, (y,), {})
+    mu = np.asarray(state.z["mu"])  # (N, K), unconstrained = constrained (real support)
+    comp = np.log(GMM_W) + dist.Normal(mu[:, None, :], GMM_SIGMA).log_prob(
+        np.asarray(y)[None, :, None])
+    np.testing.assert_allclose(state.cache.log_lik, logsumexp(comp, axis=-1).sum(-1),
+                               rtol=1e-5)
+    np.testing.assert_allclose(
+        state.cache.log_prior,
+        dist.Normal(jnp.asarray(GMM_M), GMM_TAU).to_event(1).log_prob(mu), rtol=1e-5)
+    joint = JarzynskiSMC(gmm, num_particles=64, move=[MALA(), Gibbs(collapse=False)])
+    js = joint.init(jax.random.key(0), 5, None, (y,), {})
+    zz = np.asarray(js.z["z"])
+    own = np.log(GMM_W)[zz].sum(-1)
+    np.testing.assert_allclose(js.cache.log_prior - own,
+                               dist.Normal(jnp.asarray(GMM_M), GMM_TAU).to_event(1).log_prob(
+                                   np.asarray(js.z["mu"])), rtol=1e-5)
+    with pytest.raises(TypeError, match="collapse must be True"):
+        Gibbs(collapse="yes")
 
 
 def gmm_coupled(y):
@@ -277,8 +309,30 @@ def gmm_expanded(y):
     numpyro.sample("y", dist.Normal(mu[z], GMM_SIGMA), obs=y)
 
 
+def gmm_shifted(y):
+    """The GMM with a discrete shift of every location: the observations read a second,
+    non-plate discrete site, so the assignments cannot be summed out alone."""
+    mu = numpyro.sample("mu", dist.Normal(jnp.asarray(GMM_M), GMM_TAU).to_event(1))
+    shift = numpyro.sample("shift", dist.Bernoulli(0.5))
+    with numpyro.plate("data", y.shape[0]):
+        z = numpyro.sample("z", dist.Categorical(jnp.asarray(GMM_W)))
+        numpyro.sample("y", dist.Normal(mu[z] + shift, GMM_SIGMA), obs=y)
+
+
+def gmm_latent_location(y):
+    """Per-point latent locations drawn given the assignment: a prior term reads z."""
+    mu = numpyro.sample("mu", dist.Normal(jnp.asarray(GMM_M), GMM_TAU).to_event(1))
+    with numpyro.plate("data", y.shape[0]):
+        z = numpyro.sample("z", dist.Categorical(jnp.asarray(GMM_W)))
+        m = numpyro.sample("m", dist.Normal(mu[z], 0.1))
+        numpyro.sample("y", dist.Normal(m, GMM_SIGMA), obs=y)
+
+
 def test_gibbs_plan_falls_back_where_plates_do_not_make_elements_independent():
     y = jnp.asarray(GMM_Y)
+    # Collapsing needs the assignments to be read by their observations only.
+    assert gibbs_plan(gmm_shifted, (y,)) == {"shift": "coordinate", "z": "plate"}
+    assert gibbs_plan(gmm_latent_location, (y,)) == {"z": "plate"}
     assert gibbs_plan(gmm_coupled, (y,), prior_factors=("count",)) == {"z": "coordinate"}
     assert gibbs_plan(gmm_expanded, (y,)) == {"z": "coordinate"}
     assert gibbs_plan(gmm, (y,), blocks="coordinate") == {"z": "coordinate"}

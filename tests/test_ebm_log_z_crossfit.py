@@ -222,7 +222,8 @@ def test_ess_driven_learning_rate_keeps_walkers_with_a_too_large_step():
     ``ess_lr`` the running log Z ends ~95 nats below exact and the model is worse than at the
     start (measured: test log-lik -25.7); with ``ess_lr=0.5`` the factor on the update falls to
     0.13-0.19, the running log Z stays within 1 nat of exact at every checkpoint and the model
-    learns (-21.6, better than SGD at 0.2). At Adam 0.01 (walkers keep up) it stays at 1."""
+    learns (-21.6, better than SGD at 0.2). At Adam 0.01 (walkers keep up) it stays near 1 and
+    changes nothing."""
     model, train, test = digits(8, 500)
 
     exact = exact_log_z_and_test_ll(test)
@@ -245,8 +246,14 @@ def test_ess_driven_learning_rate_keeps_walkers_with_a_too_large_step():
     assert err_on < 1.0, err_on
     assert np.all(ll_on > ll_off + 2.0) and np.all(ll_on > -22.5), (ll_on, ll_off)
     assert np.all(scale < 0.5), scale
-    _, _, keep = go(optax.adam(0.01), 0.5)
-    assert np.all(keep == 1.0), keep
+    _, ll_adam, _ = go(optax.adam(0.01), None)
+    err_keep, ll_keep, keep = go(optax.adam(0.01), 0.5)
+    # Neutral where the walkers keep up: at most an occasional halving, regrown by 10 % per
+    # update (measured: final factors 1.0 on one machine; 0.73 and 1.0 on another, where one
+    # update's ESS dipped), the same model (test log-lik within 0.06 of plain Adam) and log Z.
+    assert np.all(keep > 0.5), keep
+    assert np.all(np.abs(ll_keep - ll_adam) < 0.2), (ll_keep, ll_adam)
+    assert err_keep < 1.0, err_keep
     with pytest.raises(ValueError, match="ess_lr needs method=\"jarzynski\""):
         EBMTrainer(model, optax.sgd(0.1), method="pcd", ess_lr=0.5)
     with pytest.raises(ValueError, match=r"ess_lr must be a normalised ESS target in \(0, 1\)"):

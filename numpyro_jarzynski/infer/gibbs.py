@@ -44,6 +44,15 @@ order); each site is updated from its exact conditional under ``γ_β``:
   elements grouped by ``.to_event``; a batch dimension not declared by a plate) falls back to
   the coordinate sweep; ``gibbs_plan`` says which update each site gets.
 
+* **Collapsed plate blocks** (the default, ``Gibbs(collapse=True)``): a plate block whose
+  only dependent terms are its own prior and likelihood observations (no other latent site,
+  no prior factor, no observation shared with another such block) is summed out of the
+  tempered path: :func:`collapsed_log_likelihood` gives
+  ``Σ_i log Σ_k p(s_i = v_k | x) p(y_i | x, s_i = v_k)``, the block's part of
+  ``log p(y | x)``, and the path is ``p(x) · p(y | x)^β`` (same evidence, the marginalised
+  model's path). Its elements are drawn from their posterior conditional (the block update at
+  β = 1): the path's joint is ``γ_β(x) · p(s | x, y)``, which that draw leaves invariant.
+
 * **Gibbs-sweep protocol**: a distribution that implements the tempered-site protocol
   (``tempering_base()``, ``tempering_log_tilt(value)``) and
 
@@ -79,8 +88,13 @@ SCANS = ("systematic", "random")
 BLOCKS = ("plate", "coordinate")
 
 
-def validate_options(num_sweeps, scan, blocks="plate"):
+def validate_options(num_sweeps, scan, blocks="plate", collapse=True):
     """Check the user options of the discrete move; returns ``(num_sweeps, scan, blocks)``."""
+    if not isinstance(collapse, bool):
+        raise TypeError(
+            f"collapse must be True (plate blocks read only by observations are summed out of "
+            f"the tempered path) or False (they are sampled along it), got {collapse!r}."
+        )
     if isinstance(num_sweeps, bool) or int(num_sweeps) != num_sweeps or int(num_sweeps) < 1:
         raise ValueError(f"num_sweeps must be a positive integer, got {num_sweeps!r}.")
     if scan not in SCANS:
@@ -107,6 +121,15 @@ class Gibbs:
     :param str blocks: ``"plate"`` (default): a site inside plates whose elements are
         conditionally independent is drawn as one vectorised block (cost linear in its
         size); other sites, and all sites with ``"coordinate"``, get the coordinate sweep.
+    :param bool collapse: ``True`` (default): a plate block whose only dependent terms are
+        its own prior and observations (a mixture assignment, a per-observation indicator)
+        is **summed out of the tempered path** — the weights and the continuous moves see
+        ``p(x) · p(y | x)^β`` with ``p(y | x) = Σ_s p(s | x) p(y | x, s)``, computed per
+        plate element at ``K`` model evaluations — and its elements are drawn from their
+        exact posterior conditional ``p(s | x, y)`` for the output (Rao–Blackwellisation:
+        the same log Z, with the assignment noise taken out of the weights and no
+        slow continuous/discrete coupling to mix). ``False``: every block is sampled along
+        the path at the stage's β (the data-augmentation scheme).
 
     Invariant for ``γ_β``: no weight increment. Compose it with the continuous move,
     ``move=[MALA(), Gibbs()]``; the list is applied in order ``num_moves`` times per stage.
@@ -115,12 +138,13 @@ class Gibbs:
     num_sweeps: int = 1
     scan: str = "systematic"
     blocks: str = "plate"
+    collapse: bool = True
 
     name = "gibbs"
     invariant = True
 
     def __post_init__(self):
-        validate_options(self.num_sweeps, self.scan, self.blocks)
+        validate_options(self.num_sweeps, self.scan, self.blocks, self.collapse)
 
 
 def has_gibbs_sweep(fn):
@@ -244,6 +268,25 @@ def _to_block(el, batch_shape, plate_dims):
     return jnp.broadcast_to(el, batch_shape)
 
 
+def _tempered(site):
+    return not site["is_observed"] and bridge.is_tempered_site(site["fn"])
+
+
+def _dependents(model, model_args, model_kwargs, z, disc, name):
+    """``(trace, names)``: the model's trace and the sample sites whose log density depends
+    on the value of discrete site ``name`` (a jaxpr data-flow test; conservative)."""
+    tr = _site_trace(model, model_args, model_kwargs, z, disc)
+    names = [n for n, st in tr.items() if st["type"] == "sample"]
+
+    def totals(value):
+        t = _site_trace(model, model_args, model_kwargs, z, {**disc, name: value})
+        return [sum(bridge.tempered_parts(t[n])) if _tempered(t[n])
+                else jnp.sum(_term_elements(t[n], z)) for n in names]
+
+    deps = _outputs_depending_on_input(totals, disc[name])
+    return tr, [n for n, dep in zip(names, deps) if dep]
+
+
 def _block_plan(model, model_args, model_kwargs, spec, z, disc, name, site):
     """The plate block of discrete site ``name``, or ``None`` if only the coordinate sweep is
     exact for it (see the module docstring for the conditions)."""
@@ -256,23 +299,11 @@ def _block_plan(model, model_args, model_kwargs, spec, z, disc, name, site):
     if not plate_dims or any(d not in frames or frames[d].size != batch[d] for d in plate_dims):
         return None
     plates = {frames[d].name for d in plate_dims}
-    tr = _site_trace(model, model_args, model_kwargs, z, disc)
-    names = [n for n, st in tr.items() if st["type"] == "sample"]
-
-    def tempered(st):
-        return not st["is_observed"] and bridge.is_tempered_site(st["fn"])
-
-    def totals(value):
-        t = _site_trace(model, model_args, model_kwargs, z, {**disc, name: value})
-        return [sum(bridge.tempered_parts(t[n])) if tempered(t[n])
-                else jnp.sum(_term_elements(t[n], z)) for n in names]
-
+    tr, dependents = _dependents(model, model_args, model_kwargs, z, disc, name)
     terms = []
-    for n, dep in zip(names, _outputs_depending_on_input(totals, disc[name])):
-        if not dep:
-            continue
+    for n in dependents:
         st = tr[n]
-        if tempered(st) or not plates <= {f.name for f in st["cond_indep_stack"]}:
+        if _tempered(st) or not plates <= {f.name for f in st["cond_indep_stack"]}:
             return None
         shape = jnp.shape(_term_elements(st, z))
         if any(len(shape) < -d or shape[d] != batch[d] for d in plate_dims):
@@ -281,10 +312,26 @@ def _block_plan(model, model_args, model_kwargs, spec, z, disc, name, site):
     return _Block(tuple(terms), batch, plate_dims)
 
 
-def _plan(model, model_args, model_kwargs, spec, z, disc, blocks):
+def _collapsible(plan, dependents):
+    """The plate blocks of ``plan`` that can be summed out of the tempered path: their
+    dependent terms are their own prior and likelihood observations only (no latent site, no
+    prior factor), and no other discrete site is read by those observations (a shared
+    observation would need a joint sum, and the other site's update would see the summed-out
+    site's draw). ``dependents``: site -> the sample sites depending on it."""
+    out = {}
+    for name, kind, block in plan:
+        if kind != "plate" or not all(is_lik for t, is_lik in block.terms if t != name):
+            continue
+        obs = {t for t, is_lik in block.terms if is_lik}
+        if all(not obs & set(deps) for other, deps in dependents.items() if other != name):
+            out[name] = block
+    return out
+
+
+def _plan(model, model_args, model_kwargs, spec, z, disc, blocks, collapse=False):
     """``[(name, kind, detail)]`` for every discrete site: kind ``"protocol"`` (its own
-    ``gibbs_sweep``), ``"plate"`` (detail: the :class:`_Block`) or ``"coordinate"`` (detail:
-    the site's distribution)."""
+    ``gibbs_sweep``), ``"plate"`` or ``"collapsed"`` (detail: the :class:`_Block`) or
+    ``"coordinate"`` (detail: the site's distribution)."""
     tr = _site_trace(model, model_args, model_kwargs, z, disc)
     plan = []
     for name in spec.discrete:
@@ -298,32 +345,99 @@ def _plan(model, model_args, model_kwargs, spec, z, disc, blocks):
             block = _block_plan(model, model_args, model_kwargs, spec, z, disc, name, site)
         plan.append((name, "plate", block) if block is not None
                     else (name, "coordinate", site["fn"]))
+    if collapse:
+        dependents = {n: _dependents(model, model_args, model_kwargs, z, disc, n)[1]
+                      for n in spec.discrete}
+        summed = _collapsible(plan, dependents)
+        plan = [(n, "collapsed", d) if n in summed else (n, k, d) for n, k, d in plan]
     return plan
 
 
-def gibbs_plan(model, model_args=(), model_kwargs=None, blocks="plate", prior_factors=()):
+def collapsed_blocks(model, model_args, model_kwargs, spec, z, disc, gibbs):
+    """``{site: block}`` of the discrete sites that the move value ``gibbs`` sums out of the
+    tempered path (``z``, ``disc``: one particle's unconstrained continuous and discrete
+    values, read for structure only)."""
+    if not spec.discrete or gibbs.blocks != "plate" or not gibbs.collapse:
+        return {}
+    plan = _plan(model, model_args, model_kwargs, spec, z, disc, "plate", collapse=True)
+    return {name: block for name, kind, block in plan if kind == "collapsed"}
+
+
+def collapsed_terms(collapsed):
+    """Names of the sites whose terms the collapsed blocks account for (the blocks' sites and
+    their observations): the rest of the model is evaluated as usual."""
+    return tuple(t for block in collapsed.values() for t, _ in block.terms)
+
+
+def _block_candidates(spec, name, block, value):
+    """``(cand, full)``: the site's candidate values per element ``(K, n_units, unit)`` and
+    the K whole-site values with every element set to ``v_k``."""
+    value_shape = jnp.shape(value)
+    cand, _, _ = _site_layout(len(value_shape) - len(block.batch_shape), value_shape,
+                              spec.discrete_support[name])
+    cand = cand.astype(jnp.result_type(value))
+    return cand, cand.reshape((cand.shape[0],) + tuple(value_shape))
+
+
+def _block_logits(model, model_args, model_kwargs, spec, zi, di, name, block, beta):
+    """``(K, *batch_shape)``: each element's unnormalised log conditional under ``γ_β`` for
+    every candidate value, one model evaluation per candidate (``zi``: one particle's site
+    dict; its likelihood terms are multiplied by ``beta``)."""
+    _, full = _block_candidates(spec, name, block, di[name])
+
+    def at(v):
+        tr = _site_trace(model, model_args, model_kwargs, zi, {**di, name: v})
+        total = jnp.zeros(block.batch_shape)
+        for site_name, is_lik in block.terms:
+            el = _to_block(_term_elements(tr[site_name], zi), block.batch_shape,
+                           block.plate_dims)
+            total = total + (beta * el if is_lik else el)
+        return total
+
+    return jax.vmap(at)(full)
+
+
+def collapsed_log_likelihood(model, model_args, model_kwargs, spec, zi, di, collapsed):
+    r"""``Σ_blocks Σ_i log Σ_k p(s_i = v_k | x) p(y_i | x, s_i = v_k)`` for one particle: the
+    collapsed blocks' part of ``log p(y | x)``, with their sites summed out element by element
+    (exact: within a plate the elements are conditionally independent, and no other term
+    depends on them)."""
+    total = jnp.zeros(())
+    for name, block in collapsed.items():
+        logits = _block_logits(model, model_args, model_kwargs, spec, zi, di, name, block, 1.0)
+        logits = jnp.where(jnp.isnan(logits), -jnp.inf, logits)
+        total = total + jnp.sum(jax.nn.logsumexp(logits, axis=0))
+    return total
+
+
+def gibbs_plan(model, model_args=(), model_kwargs=None, blocks="plate", prior_factors=(),
+               collapse=True):
     """Which exact update each discrete latent site of ``model`` gets: a dict mapping site
-    names to ``"plate"`` (one vectorised block per sweep), ``"coordinate"`` (element by
-    element) or ``"protocol"`` (the distribution's own ``gibbs_sweep``)."""
-    validate_options(1, "systematic", blocks)
+    names to ``"collapsed"`` (summed out of the tempered path, drawn from its posterior
+    conditional), ``"plate"`` (one vectorised block per sweep), ``"coordinate"`` (element by
+    element) or ``"protocol"`` (the distribution's own ``gibbs_sweep``). ``blocks`` and
+    ``collapse`` are those of :class:`Gibbs`."""
+    validate_options(1, "systematic", blocks, collapse)
     model_kwargs = model_kwargs or {}
     spec = bridge.inspect_model(model, model_args, model_kwargs, prior_factors)
     z, disc, _ = bridge.draw_prior(model, model_args, model_kwargs, spec, jax.random.key(0), 1)
     z0 = {n: v[0] for n, v in z.items() if n in spec.continuous}
     d0 = {n: v[0] for n, v in disc.items()}
     return {n: kind for n, kind, _ in _plan(model, model_args, model_kwargs, spec, z0, d0,
-                                            blocks)}
+                                            blocks, collapse and blocks == "plate")}
 
 
 def make_discrete_move(model, model_args, model_kwargs, spec, unravel, num_sweeps=1,
-                       scan="systematic", blocks="plate"):
+                       scan="systematic", blocks="plate", collapse=False):
     """Build ``move(key, beta, x, disc) -> disc`` for ``TemperingConfig.discrete_move``.
 
     ``x``: flat unconstrained continuous particles ``(N, d)`` (``unravel`` maps one row to the
     site dict); ``disc``: dict of ``(N, ...)`` discrete values. Built from the arguments given
-    to ``sample`` so that ``jit_model_args=True`` sees new data.
+    to ``sample`` so that ``jit_model_args=True`` sees new data. ``collapse``: the sites that
+    :func:`collapsed_blocks` sums out of the path are drawn from their posterior conditional
+    (β = 1: the path's joint is ``γ_β(x) · p(s | x, y)``), the others at ``beta``.
     """
-    num_sweeps, scan, blocks = validate_options(num_sweeps, scan, blocks)
+    num_sweeps, scan, blocks = validate_options(num_sweeps, scan, blocks, collapse)
     model_kwargs = model_kwargs or {}
 
     def log_gamma(beta, xi, di):
@@ -364,25 +478,12 @@ def make_discrete_move(model, model_args, model_kwargs, spec, unravel, num_sweep
         return disc
 
     def block_update(key, beta, x, disc, name, block):
-        value_shape, dtype = disc[name].shape[1:], disc[name].dtype
-        cand, n_units, _ = _site_layout(len(value_shape) - len(block.batch_shape),
-                                           value_shape, spec.discrete_support[name])
-        cand = cand.astype(dtype)
-        full = cand.reshape((cand.shape[0],) + tuple(value_shape))  # every element = v_k
+        cand, _ = _block_candidates(spec, name, block, disc[name][0])
+        n_units = cand.shape[1]
 
         def logits_one(xi, di):  # (K, n_units): each element's conditional, all at once
-            zi = unravel(xi)
-
-            def at(v):
-                tr = _site_trace(model, model_args, model_kwargs, zi, {**di, name: v})
-                total = jnp.zeros(block.batch_shape)
-                for site_name, is_lik in block.terms:
-                    el = _to_block(_term_elements(tr[site_name], zi), block.batch_shape,
-                                   block.plate_dims)
-                    total = total + (beta * el if is_lik else el)
-                return total.reshape(n_units)
-
-            return jax.vmap(at)(full)
+            return _block_logits(model, model_args, model_kwargs, spec, unravel(xi), di, name,
+                                 block, beta).reshape(-1, n_units)
 
         logits = jnp.moveaxis(jax.vmap(logits_one)(x, disc), 1, -1)  # (N, n_units, K)
         logits = jnp.where(jnp.isnan(logits), -jnp.inf, logits)
@@ -406,7 +507,8 @@ def make_discrete_move(model, model_args, model_kwargs, spec, unravel, num_sweep
         # Structure (which update each site gets) is static: read it from one traced
         # particle. The ops it creates are dead code in the compiled program.
         x0, d0 = x[0], {k: v[0] for k, v in disc.items()}
-        plan = _plan(model, model_args, model_kwargs, spec, unravel(x0), d0, blocks)
+        plan = _plan(model, model_args, model_kwargs, spec, unravel(x0), d0, blocks,
+                     collapse and blocks == "plate")
 
         def sweep(d, k):
             for (name, kind, detail), kk in zip(plan, jax.random.split(k, len(plan))):
@@ -414,6 +516,8 @@ def make_discrete_move(model, model_args, model_kwargs, spec, unravel, num_sweep
                     d = protocol_update(kk, beta, x, d, name)
                 elif kind == "plate":
                     d = block_update(kk, beta, x, d, name, detail)
+                elif kind == "collapsed":  # summed out of the path: its posterior conditional
+                    d = block_update(kk, 1.0, x, d, name, detail)
                 else:
                     d = generic_update(kk, beta, x, d, name, detail)
             return d, None
@@ -424,5 +528,6 @@ def make_discrete_move(model, model_args, model_kwargs, spec, unravel, num_sweep
     return move
 
 
-__all__ = ["BLOCKS", "SCANS", "Gibbs", "gibbs_plan", "has_gibbs_sweep", "make_discrete_move",
+__all__ = ["BLOCKS", "SCANS", "Gibbs", "collapsed_blocks", "collapsed_log_likelihood",
+           "collapsed_terms", "gibbs_plan", "has_gibbs_sweep", "make_discrete_move",
            "validate_options"]

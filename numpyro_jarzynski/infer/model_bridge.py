@@ -304,19 +304,20 @@ def tempered_parts(site):
     return base_lp, tilt
 
 
-def split_log_density(model, model_args, model_kwargs, spec, z, discrete=None):
+def split_log_density(model, model_args, model_kwargs, spec, z, discrete=None, skip=()):
     """``(log prior, log likelihood)`` of one particle given unconstrained latents ``z``.
 
     The prior part holds every latent site's log density and the log-Jacobian of its map to
     unconstrained space; the likelihood part holds observed sites and the ``numpyro.factor``
-    terms not listed in ``spec.prior_factors``. Subsample scales are applied to both.
+    terms not listed in ``spec.prior_factors``. Subsample scales are applied to both. Sites
+    named in ``skip`` are left out (the caller accounts for them: collapsed discrete blocks).
     """
     discrete = discrete or {}
     tr = trace_model(model, model_args, model_kwargs or {}, unconstrained_substitute(z, discrete))
     log_prior = jnp.zeros(())
     log_lik = jnp.zeros(())
     for name, site in tr.items():
-        if site["type"] != "sample":
+        if site["type"] != "sample" or name in skip:
             continue
         if not site["is_observed"] and is_tempered_site(site["fn"]):
             base_lp, tilt = tempered_parts(site)

@@ -290,6 +290,7 @@ class TemperingConfig:
     target_accept: float = 0.65
     discrete_move: Callable | None = None  # (key, beta, x, disc) -> disc, after each move
     discrete_first: bool = False  # the Gibbs update before the continuous move, not after
+    discrete_changes_density: bool = True  # False: every discrete site is summed out of log γ
     waste_free: bool = False  # resample N/(num_moves+1) and keep every state of their chains
     mass: Any = PC.DIAGONAL  # the preconditioner fitted per stage (diagonal, dense, low rank)
 
@@ -443,6 +444,8 @@ def _move_stage(key, state, pop, disc, evaluate, config, kernel):
             # Exact Gibbs at β_b leaves ρ_β invariant: no weight increment. The densities
             # and gradients depend on the discrete state, so the cache is evaluated afresh.
             disc = gibbs(k, beta_b, pop.x, disc)
+            if not config.discrete_changes_density:  # collapsed sites: log γ is unchanged
+                return pop, cache, disc, jnp.zeros((), jnp.int32)
             cache = evaluate(pop.x, disc)
             new_w = jnp.where(jnp.isfinite(cache.log_density(beta_b)), pop.log_weights,
                               -jnp.inf)
