@@ -9,7 +9,8 @@ wall time, so the cost per particle and stage shows whether it is linear in N.
 
 The working set per particle grows with the model's data: the vmapped log density keeps its
 per-observation terms for the backward pass (``--num-obs``); ``--remat`` recomputes them there
-instead (``JarzynskiSMC(remat=True)``).
+instead (``JarzynskiSMC(remat=True)``), ``--chunk-size C`` evaluates C particles at a time
+(``JarzynskiSMC(chunk_size=C)``), which bounds those terms by C instead of N.
 
 Run: ``python benchmarks/memory_per_particle.py`` (``--sizes 10000,100000`` for a quick run,
 ``--no-run`` for the memory only).
@@ -44,16 +45,19 @@ def main(argv=None):
     p.add_argument("--remat", action="store_true",
                    help="JarzynskiSMC(remat=True): recompute the model's terms in the "
                         "backward pass")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="JarzynskiSMC(chunk_size=...): evaluate the density this many "
+                        "particles at a time")
     a = p.parse_args(argv)
     y = jax.random.normal(jax.random.key(1), (a.num_obs, D)) + 1.0
     print(f"d={D}, {a.num_obs} observations, {a.stages} stages, move={a.move}, 2 moves/stage, "
-          f"float32, remat={a.remat}, "
+          f"float32, remat={a.remat}, chunk_size={a.chunk_size}, "
           f"{jax.devices()[0].platform}; compilation excluded from the times")
     print(f"{'N':>9s} {'bytes/particle':>15s} {'(args+out+temp)':>16s} {'run wall s':>11s} "
           f"{'run CPU s':>10s} {'CPU us/particle/stage':>22s} {'log Z':>10s}")
     for n in (int(s) for s in a.sizes.split(",")):
         algo = nj.smc(model, num_stages=a.stages, num_particles=n, move=a.move,
-                      remat=a.remat)
+                      remat=a.remat, chunk_size=a.chunk_size)
         compiled = jax.jit(algo.run).lower(jax.random.key(0), y).compile()
         m = compiled.memory_analysis()
         total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes

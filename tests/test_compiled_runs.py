@@ -338,10 +338,15 @@ def test_a_first_call_traces_the_model_and_never_runs_it_op_by_op():
 
 
 
-def test_remat_recomputes_the_model_terms_in_less_memory_with_the_same_result():
+@pytest.mark.parametrize("option", [{"remat": True}, {"chunk_size": 250}],
+                         ids=["remat", "chunk_size"])
+def test_memory_options_need_less_memory_for_the_same_result(option):
     """``remat=True`` (``jax.checkpoint`` around the log density): the backward pass
-    recomputes the model's per-observation terms instead of keeping them, so a model with
-    many observations needs less working memory per particle, and the run is the same."""
+    recomputes the model's per-observation terms instead of keeping them; ``chunk_size``:
+    the density and gradients are evaluated 250 particles at a time, so only a chunk's
+    terms are held. Either way a model with many observations needs less working memory per
+    particle, and the run is the same (to rounding: XLA may order a chunk's sums
+    differently)."""
     import numpyro
 
     d = 5
@@ -353,15 +358,29 @@ def test_remat_recomputes_the_model_terms_in_less_memory_with_the_same_result():
             numpyro.sample("y", dist.Normal(mu, 1.0).to_event(1), obs=y)
 
     temp, states = {}, {}
-    for remat in (False, True):
-        algo = nj.smc(gaussian, num_stages=3, num_particles=2000, remat=remat)
+    for on in (False, True):
+        algo = nj.smc(gaussian, num_stages=3, num_particles=2000, **(option if on else {}))
         compiled = jax.jit(algo.run).lower(jax.random.key(0), y).compile()
-        temp[remat] = compiled.memory_analysis().temp_size_in_bytes
-        states[remat] = compiled(jax.random.key(0), y)
-    # Without remat the gradient keeps the (N, 40, d) terms: 1.6 MB in float32.
+        temp[on] = compiled.memory_analysis().temp_size_in_bytes
+        states[on] = compiled(jax.random.key(0), y)
+    # Without either option the gradient keeps the (N, 40, d) terms: 1.6 MB in float32.
     assert temp[True] < temp[False] - 2000 * 40 * d * 4 * 0.5, temp
     np.testing.assert_allclose(states[True].log_evidence, states[False].log_evidence,
                                rtol=1e-5)
     np.testing.assert_allclose(states[True].z["mu"], states[False].z["mu"], atol=1e-4)
+
+
+def test_memory_options_refuse_bad_values():
+    import numpyro
+
+    def gaussian(y):
+        numpyro.sample("mu", dist.Normal(0.0, 1.0))
+
     with pytest.raises(TypeError, match="remat"):
         nj.JarzynskiSMC(gaussian, remat="yes")
+    for bad in (0, -3, 2.5, True, "100"):
+        with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+            nj.JarzynskiSMC(gaussian, chunk_size=bad)
+    assert nj.JarzynskiSMC(gaussian, num_particles=100, chunk_size=10**6).chunk_size == 100
+    with pytest.raises(ValueError, match="chunk_size and devices"):
+        nj.JarzynskiSMC(gaussian, num_particles=100, chunk_size=10, devices="all")
