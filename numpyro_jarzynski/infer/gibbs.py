@@ -46,7 +46,7 @@ order); each site is updated from its exact conditional under ``γ_β``:
 
 * **Collapsed plate blocks** (the default, ``Gibbs(collapse=True)``): a plate block whose
   only dependent terms are its own prior and likelihood observations (no other latent site,
-  no prior factor, no observation shared with another such block) is summed out of the
+  no prior factor, and no other discrete site read by those observations) is summed out of the
   tempered path: :func:`collapsed_log_likelihood` gives
   ``Σ_i log Σ_k p(s_i = v_k | x) p(y_i | x, s_i = v_k)``, the block's part of
   ``log p(y | x)``, and the path is ``p(x) · p(y | x)^β`` (same evidence, the marginalised
