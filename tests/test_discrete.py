@@ -443,3 +443,21 @@ def test_bad_inputs():
     move, x = _move_for(ising_observed, (jnp.zeros((4, 4)),), 4)
     with pytest.raises(ValueError, match="'s'.*other terms of the model"):
         move(jax.random.key(0), jnp.float32(0.5), x, {"s": jnp.ones((4, 4, 4))})
+
+
+def test_inverse_cdf_categorical_draws_the_softmax_and_never_a_zero_probability_value():
+    """``gibbs.categorical`` (one uniform per row, the moves' written-out hash): frequencies
+    within 4 se of the softmax, a −inf candidate never drawn (also at the end of the row,
+    where rounding of the CDF would otherwise land), the same key gives the same draws."""
+    from numpyro_jarzynski.infer.gibbs import categorical
+
+    logits = jnp.array([[0.0, jnp.log(3.0), -jnp.inf, 1.0],
+                        [-jnp.inf, 2.0, 2.0, -jnp.inf]])
+    n = 40000
+    rows = jnp.tile(logits[None], (n, 1, 1))
+    c = np.asarray(categorical(jax.random.key(3), rows))
+    p = np.asarray(jax.nn.softmax(logits, axis=-1))
+    freq = np.stack([(c == k).mean(0) for k in range(4)], -1)
+    assert np.all(np.abs(freq - p) <= 4 * np.sqrt(p * (1 - p) / n) + 1e-12), (freq, p)
+    assert not np.any(c[:, 0] == 2) and not np.any(np.isin(c[:, 1], [0, 3]))
+    np.testing.assert_array_equal(c, np.asarray(categorical(jax.random.key(3), rows)))

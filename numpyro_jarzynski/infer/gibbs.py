@@ -82,9 +82,14 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jex_core
 
+from numpyro_jarzynski.engine import noise
 from numpyro_jarzynski.infer import model_bridge as bridge
 
 SCANS = ("systematic", "random")
+# A plate block with at most this many candidate values evaluates the model once per candidate
+# as separate programs rather than vmapped over the candidates: XLA's CPU code for the
+# batched gathers (and their scatter-add gradients) of `locs[z]` was several times slower.
+UNROLL_CANDIDATES = 8
 BLOCKS = ("plate", "coordinate")
 
 
@@ -268,6 +273,19 @@ def _to_block(el, batch_shape, plate_dims):
     return jnp.broadcast_to(el, batch_shape)
 
 
+def categorical(key, logits):
+    """One draw per row of ``logits`` (last axis: the candidates) by the inverse CDF: one
+    uniform per row from :mod:`~numpyro_jarzynski.engine.noise` (the hash written out), where
+    ``jax.random.categorical`` draws a Gumbel per candidate through JAX's rolled threefry,
+    which dominated the cost of a plate block. A candidate of zero probability is never
+    chosen (the first index whose CDF exceeds ``u`` times the total); a row with no finite
+    logit returns an arbitrary index (the callers keep the old value there)."""
+    p = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    cdf = jnp.cumsum(p, axis=-1)
+    u = noise.uniform(key, logits.shape[:-1], dtype=cdf.dtype) * cdf[..., -1]
+    return jnp.argmax(cdf > u[..., None], axis=-1)
+
+
 def _tempered(site):
     return not site["is_observed"] and bridge.is_tempered_site(site["fn"])
 
@@ -394,6 +412,8 @@ def _block_logits(model, model_args, model_kwargs, spec, zi, di, name, block, be
             total = total + (beta * el if is_lik else el)
         return total
 
+    if full.shape[0] <= UNROLL_CANDIDATES:
+        return jnp.stack([at(full[k]) for k in range(full.shape[0])])
     return jax.vmap(at)(full)
 
 
@@ -467,7 +487,7 @@ def make_discrete_move(model, model_args, model_kwargs, spec, unravel, num_sweep
             j, kj = jk
             logits = jax.vmap(logits_one, (None, 0, 0))(j, x, d)  # (N, K)
             logits = jnp.where(jnp.isnan(logits), -jnp.inf, logits)
-            choice = jax.random.categorical(kj, logits, axis=-1)
+            choice = categorical(kj, logits)
             flat = d[name].reshape(n, n_units, unit)
             # A particle with no finite candidate (dead) keeps its value.
             ok = jnp.any(jnp.isfinite(logits), axis=-1)[:, None]
@@ -487,7 +507,7 @@ def make_discrete_move(model, model_args, model_kwargs, spec, unravel, num_sweep
 
         logits = jnp.moveaxis(jax.vmap(logits_one)(x, disc), 1, -1)  # (N, n_units, K)
         logits = jnp.where(jnp.isnan(logits), -jnp.inf, logits)
-        choice = jax.random.categorical(key, logits, axis=-1)
+        choice = categorical(key, logits)
         new = cand[choice, jnp.arange(n_units)]  # (N, n_units, unit)
         ok = jnp.any(jnp.isfinite(logits), axis=-1)[..., None]
         old = disc[name].reshape(new.shape)
