@@ -68,9 +68,10 @@ def evaluate(key, params, test, base_bias, args):
 
 
 def train_ours(method, num_moves, train, test_eval, base_bias, args):
+    extra = {"ess_lr": args.ess_lr} if method == "jarzynski" and args.ess_lr else {}
     trainer = EBMTrainer(make_model(train), optax.sgd(args.lr), method=method,
                          num_walkers=args.walkers, num_moves=num_moves,
-                         num_init_stages=args.init_stages)
+                         num_init_stages=args.init_stages, **extra)
     state, rows, cpu = None, [], 0.0
     chunk = args.updates // args.checkpoints
     for i in range(args.checkpoints):
@@ -84,9 +85,15 @@ def train_ours(method, num_moves, train, test_eval, base_bias, args):
         row["update"] = (i + 1) * chunk
         row["log_z_running"] = float(res.history["log_z"][-1])
         rows.append(row)
+        scale = ""
+        if extra:  # the ESS-driven learning-rate factor over this chunk of updates
+            s = np.asarray(res.history["lr_scale"])
+            row["lr_scale_min"], row["lr_scale_last"] = float(s.min()), float(s[-1])
+            scale = f"  lr factor min {s.min():.3f} last {s[-1]:.3f}"
         print(f"  {method}-{num_moves} update {row['update']:5d}: test LL in "
               f"[{row['lower']:.2f}, {row['upper']:.2f}]  log Z AIS {row['log_z_ais']:.2f} "
-              f"running {row['log_z_running']:.2f}", flush=True)
+              f"± {row['log_z_ais_se']:.2f} running {row['log_z_running']:.2f}{scale}",
+              flush=True)
     walkers = np.asarray(res.state.walkers)[:16]
     return rows, res.params, walkers, cpu
 
@@ -135,6 +142,9 @@ def main(argv=None):
     p.add_argument("--eval-images", type=int, default=100)
     p.add_argument("--methods", default="jarzynski,pcd,cd1,cd10,sklearn")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ess-lr", type=float, default=None,
+                   help="EBMTrainer(ess_lr=...) for the Jarzynski method: the ESS-driven "
+                        "learning-rate brake (docs/ebm.md)")
     args = p.parse_args(argv)
     train, test = load_mnist()
     test_eval = jnp.asarray(test[:args.eval_images])

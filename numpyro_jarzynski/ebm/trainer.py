@@ -220,6 +220,8 @@ NOISY_LOG_Z_NATS = 2.0
 ESS_LR_SHRINK = 0.5
 ESS_LR_GROW = 1.1
 ESS_LR_MIN = 1e-3
+#: ess_lr: the factor of the first update (a warm-up: x1.1 per update reaches 1 in 49 updates)
+ESS_LR_START = 0.01
 
 
 class EBMTrainer:
@@ -249,8 +251,9 @@ class EBMTrainer:
         that halves after an update whose gradient walkers' normalised ESS after the work
         increment fell below ``ess_lr``, and grows by 10 % (up to 1) after one that stayed
         above; the factor for update ``k`` comes from update ``k − 1`` (the gradient
-        population's, never the witness's, so the running log Z stays unbiased). ``None``
-        (default): off.
+        population's, never the witness's, so the running log Z stays unbiased). The factor
+        starts at ``ESS_LR_START`` (0.01) and warms up, since nothing has been measured before
+        the first update. ``None`` (default): off.
     :param self_influence_correction: removed (it over-corrected: +10 nats on the digits
         RBM); passing ``True`` raises a ``ValueError`` naming ``log_z="crossfit"``.
     """
@@ -411,9 +414,14 @@ class EBMTrainer:
                 "init_walkers."
             )
         lw = pop.log_weights if self.method == "jarzynski" else jnp.zeros_like(pop.log_weights)
+        # ess_lr: the factor starts small and grows 10 % per update while the ESS holds: the
+        # brake acts on the previous update's ESS, so without a warm-up the first update
+        # runs at the full step before anything has been measured.
+        lr_scale = jnp.asarray(ESS_LR_START if self.ess_lr else 1.0, jnp.result_type(float))
         return TrainState(params, self.optimizer.init(params), pop.x, lw,
                           log_z0 - W.log_mean_exp(lw), jnp.zeros((), jnp.int32), key,
-                          jnp.zeros((), jnp.int32), jnp.full((), -1, jnp.int32), witness)
+                          jnp.zeros((), jnp.int32), jnp.full((), -1, jnp.int32), witness,
+                          lr_scale)
 
     def _init_witness(self, key, params, args, kwargs, fn, init_walkers, init_log_z,
                       init_log_z_walkers):
