@@ -254,6 +254,13 @@ def test_ess_driven_learning_rate_keeps_walkers_with_a_too_large_step():
     assert np.all(keep > 0.5), keep
     assert np.all(np.abs(ll_keep - ll_adam) < 0.2), (ll_keep, ll_adam)
     assert err_keep < 1.0, err_keep
+    # The brake acts on the previous update's ESS: the first update has none, so the factor
+    # starts at ESS_LR_START and warms up (on MNIST at lr 0.1 an unbraked first update cost
+    # 125 nats of running log Z for good; docs/ebm.md).
+    from numpyro_jarzynski.ebm.trainer import ESS_LR_START
+
+    warm = EBMTrainer(model, optax.sgd(1.0), num_walkers=16, num_init_stages=2, ess_lr=0.5)
+    assert float(warm.init(jax.random.key(1), train).lr_scale) == pytest.approx(ESS_LR_START)
     with pytest.raises(ValueError, match="ess_lr needs method=\"jarzynski\""):
         EBMTrainer(model, optax.sgd(0.1), method="pcd", ess_lr=0.5)
     with pytest.raises(ValueError, match=r"ess_lr must be a normalised ESS target in \(0, 1\)"):
