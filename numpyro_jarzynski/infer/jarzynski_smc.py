@@ -149,9 +149,13 @@ class JarzynskiSMC(MCMCKernel):
     :param int chunk_size: evaluate the log density and its gradients over the particles in
         chunks of this many (``lax.map`` with ``batch_size``) instead of all at once: the
         model's per-observation terms are held for ``chunk_size`` particles at a time, so the
-        working memory no longer grows as ``num_particles × data``. Same numbers as the
-        default (one vmap over all particles, ``None``); costs a little parallelism. Not with
-        ``devices`` (the particle axis is then split over devices instead).
+        working memory no longer grows as ``num_particles × data`` (d = 10 Gaussian, 20
+        observations, N = 10⁶: 2201 → 645 bytes per particle at ``chunk_size=10_000``, and
+        0.68× the CPU time). The same numbers as the default (one vmap over all particles,
+        ``None``) to rounding: XLA may order a chunk's sums differently, and a last-bit
+        difference can flip a resampling index, giving another Monte Carlo realisation. On
+        an accelerator a chunk costs parallelism. Not with ``devices`` (the particle axis is
+        then split over devices instead).
     :param float target_ess: conditional ESS per stage targeted by the adaptive schedule.
     :param float min_increment: smallest β step of the adaptive schedule (stall guard).
     :param float resample_threshold: resample when the normalised ESS is below this.
