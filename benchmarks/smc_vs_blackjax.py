@@ -627,6 +627,7 @@ def summarise(problem, res):
 # Budgets: the original targets keep the 5-gradient stage of the first table (BlackJAX HMC: one
 # 4-step trajectory); the harder targets use issue 11's BlackJAX HMC of K = 5 steps of L = 10
 # leapfrog per stage (51 gradients per stage with its re-initialisation).
+OUR_METHODS = ("mala", "ula", "hmc", "uhmc", "auto")
 DEFAULT_BUDGET = {"gauss10": (5, 4), "gauss50": (5, 4), "twomode": (5, 4),
                   "logistic": (51, 10), "funnel": (51, 10), "sv": (51, 10)}
 
@@ -653,6 +654,9 @@ def main(argv=None):
                    help="HMC integration steps (default 4, or 10 on logistic/funnel/sv)")
     p.add_argument("--target-ess", type=float, default=0.9, help="adaptive (C)ESS target, both")
     p.add_argument("--problems", default="gauss10,gauss50,twomode,logistic,funnel,sv")
+    p.add_argument("--methods", default=",".join(OUR_METHODS),
+                   help="our methods to run, of " + ",".join(OUR_METHODS) + " (BlackJAX's "
+                        "MALA and HMC always run: they set the budget and the ratios)")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed repetitions (best of; default 3, quick 1)")
     p.add_argument("--profile", action="store_true", help="time the pieces of our stage")
@@ -668,6 +672,10 @@ def main(argv=None):
     if seeds < 10:
         p.error("--seeds must be at least 10 (the RMSE needs independent runs).")
     names = a.problems.split(",")
+    methods = a.methods.split(",")
+    if set(methods) - set(OUR_METHODS):
+        p.error(f"unknown methods {sorted(set(methods) - set(OUR_METHODS))}; choose from "
+                f"{','.join(OUR_METHODS)}")
     unknown = set(names) - set(DEFAULT_BUDGET)
     if unknown:
         p.error(f"unknown problems {sorted(unknown)}; choose from {sorted(DEFAULT_BUDGET)}")
@@ -721,6 +729,7 @@ def main(argv=None):
                 "hmc": (HMC(num_steps=leap), (g - 1) // leap),
                 "uhmc": (UHMC(num_steps=leap), (g - 1) // leap),
                 "auto": (auto, auto_moves)}
+        ours = {m: ours[m] for m in OUR_METHODS if m in methods}
         for name_, (move, moves) in ours.items():
             results[f"ours-{name_}"] = run_ours(
                 problem, move, keys, n, stages - 1, moves, a.target_ess, repeats,
@@ -762,15 +771,16 @@ def main(argv=None):
                   f"{res['stages']:.0f}; MCMC.run end to end (trace+compile+run) "
                   f"{res['mcmc_wall_s']:.1f} s; max |log Z(timed loop) - log Z(MCMC.run)| "
                   f"{res['loop_diff']:.1e}")
-        ch = auto_choices(results["ours-auto"], auto.explore)
-        results["ours-auto"]["choices"] = ch
-        share = lambda f, names=ch["names"]: ", ".join(
-            f"{c} {x:.0%}" for c, x in zip(names, f))
-        print(f"ours-auto choices (fraction of stages x runs): {share(ch['all'])}; free stages "
-              f"only (not the first trials nor every {auto.explore}th exploration): "
-              f"{share(ch['free'])}")
-        print(f"ours-auto most frequent choice per stage (L=ULA M=MALA H=HMC U=UHMC): "
-              f"{ch['modal_per_stage']}")
+        if "ours-auto" in results:
+            ch = auto_choices(results["ours-auto"], auto.explore)
+            results["ours-auto"]["choices"] = ch
+            share = lambda f, names=ch["names"]: ", ".join(
+                f"{c} {x:.0%}" for c, x in zip(names, f))
+            print(f"ours-auto choices (fraction of stages x runs): {share(ch['all'])}; free "
+                  f"stages only (not the first trials nor every {auto.explore}th "
+                  f"exploration): {share(ch['free'])}")
+            print(f"ours-auto most frequent choice per stage (L=ULA M=MALA H=HMC U=UHMC): "
+                  f"{ch['modal_per_stage']}")
         print("ratios ours/BlackJAX (RMSE, wall time, CPU time, grads):")
         for m in ours_methods:
             for b in ("bj-mala", "bj-hmc"):
@@ -802,7 +812,7 @@ def main(argv=None):
 
     # One line per target: our RMSE over BlackJAX-HMC's (the issue's target is <= 0.7).
     print("\n## summary: log-Z RMSE ours / BlackJAX-HMC (target <= 0.7), BlackJAX-HMC RMSE")
-    ours_names = ("mala", "ula", "hmc", "uhmc", "auto")
+    ours_names = [m for m in OUR_METHODS if m in methods]
     print(f"{'target':9s} " + " ".join(f"{m:>6s}" for m in ours_names) + f" {'bj-hmc':>7s}")
     for name, rows in summary:
         b = rows["bj-hmc"]["rmse"]

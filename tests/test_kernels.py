@@ -298,3 +298,21 @@ def test_auto_follows_its_rule_and_stays_exact():
     est = np.asarray(state.log_evidence, np.float64)
     se = est.std(ddof=1) / np.sqrt(runs)
     assert abs(est.mean() - exact) < 4 * se + 0.02, (est, exact, se)
+
+
+@pytest.mark.parametrize("kind", [K.HMC, K.UHMC])
+def test_trajectory_cap_reaches_a_quarter_period(kind):
+    """On a whitened Gaussian a move of length T accepted with probability a jumps
+    a·(1 − cos T) per coordinate (in units of the spread): the cap is the step that makes
+    T = π/2, growing the step below it and shrinking it past it (the mirror at T = π halves it);
+    a move that does not move at all sets no cap."""
+    move = kind(num_steps=4)
+    for h in (0.2, 0.5, 0.75):
+        for a in (1.0, 0.6):
+            t = h * move.num_steps
+            jump = a * (1.0 - np.cos(t))
+            cap = float(move.trajectory_cap(jnp.float32(h), jnp.float32(jump), jnp.float32(a)))
+            assert cap == pytest.approx(h * (np.pi / 2) / t, rel=1e-4), (h, a)
+    assert np.isinf(float(move.trajectory_cap(jnp.float32(0.3), jnp.float32(0.0), 1.0)))
+    # The first step never starts past the quarter period either.
+    assert move.default_step(1) == pytest.approx(np.pi / 8)

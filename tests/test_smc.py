@@ -83,6 +83,38 @@ def test_conjugate_gaussian_evidence_and_posterior(data, move):
     assert mcmc.get_samples()["z"].shape == (RUNS, 2000, D)  # (chains·samples, N, D)
 
 
+@pytest.mark.parametrize("move", ["hmc", "uhmc"])
+def test_hamiltonian_trajectory_stops_at_a_quarter_period(move):
+    """On a Gaussian whitened by the preconditioner a trajectory of length T = ε·L maps x to
+    x cos T + p sin T. The acceptance rule alone grew HMC's step until T ≈ 3.6 (d = 50, L = 4):
+    the move became the mirror x' ≈ −x whatever the momentum, resampled copies stayed copies,
+    and log Z was 6× worse. The step is capped where the measured lag correlation
+    1 − jump/acceptance reaches 0 (T = π/2): every stage's step stays near π/(2L), and the
+    moves decorrelate (lag correlation near 0, not near −1)."""
+    from numpyro_jarzynski.engine.kernels import HMC, UHMC
+
+    d, leapfrog = 50, 4
+    y = np.random.default_rng(1).normal(size=(4, d)).astype(np.float32)
+
+    def model(y):
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([d]).to_event(1))
+        with numpyro.plate("obs", y.shape[0]):
+            numpyro.sample("y", dist.Normal(z, 1.0).to_event(1), obs=y)
+
+    kind = {"hmc": HMC, "uhmc": UHMC}[move]
+    kernel = JarzynskiSMC(model, num_particles=512, move=kind(num_steps=leapfrog),
+                          num_moves=1, target_accept=0.65 if move == "hmc" else None)
+    mcmc = run_smc(kernel, y, warmup=30, chains=1)
+    h = np.asarray(mcmc.last_state.history.step_size)
+    h_quarter = (np.pi / 2) / leapfrog
+    assert h.max() < 1.25 * h_quarter, h
+    hist = mcmc.last_state.history
+    acc = np.asarray(hist.acceptance_rate)
+    moved = acc if move == "hmc" else 1.0
+    lag = 1.0 - np.asarray(hist.jump) / moved
+    assert np.all(lag[5:] > -0.45), lag
+
+
 def test_ula_correction_is_exact_with_a_large_step(data):
     """h = 1.2 (preconditioned): plain ULA's stationary variance is 1/(1 − h/2) = 2.5 times
     the posterior's, yet the weighted variance and the log evidence are right. Checked on the

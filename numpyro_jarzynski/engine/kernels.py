@@ -31,6 +31,7 @@ checks every one of them with the same contract (weighted moments and ``log Z_b/
 on a Gaussian path at a large step).
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -232,6 +233,11 @@ def _hamiltonian_proposal(key, x, cache, target, step_size, scale, num_steps, ji
     return x_new, c_new, jnp.where(jnp.isfinite(neg_dh), neg_dh, -jnp.inf)
 
 
+# A quarter period of the harmonic oscillator: the trajectory length at which a leapfrog move on
+# a whitened Gaussian forgets where it started (see _Hamiltonian.trajectory_cap).
+QUARTER_PERIOD = math.pi / 2
+
+
 @dataclass(frozen=True)
 class _Hamiltonian:
     """Settings shared by :class:`HMC` and :class:`UHMC`: ``num_steps`` leapfrog steps per
@@ -255,6 +261,34 @@ class _Hamiltonian:
     @property
     def grads_per_move(self):
         return self.num_steps
+
+    def _first_step(self, step):
+        """``step`` capped so that the first trajectory ``ε·L`` is at most a quarter period
+        (``π/2``) of a target whitened by the preconditioner (see :meth:`trajectory_cap`)."""
+        return min(step, QUARTER_PERIOD / self.num_steps)
+
+    def trajectory_cap(self, step_size, jump, moved):
+        """The largest step for the next stage that keeps the trajectory within a quarter
+        period of the target, from this stage's moves (so the step used on a population never
+        depends on the moves it is about to make).
+
+        On a target whitened by the preconditioner (a standard Gaussian), a trajectory of
+        length ``T = ε·L`` maps ``x`` to ``x cos T + p sin T``: at ``T = π/2`` the new state
+        is independent of the old one, and past it the move turns back — at ``T = π`` it is
+        the mirror ``x' = −x`` *whatever the momentum*, so the copies that resampling made of
+        one walker stay copies. The acceptance rule alone cannot see this (a mirror is
+        accepted as often as a good move): on a d = 50 Gaussian with ``L = 4`` it grew the step
+        to 0.9 (``T ≈ 3.6``, lag correlation −0.9) and the log-Z RMSE was 6× the capped one.
+        The stage's squared jump per move in units of the spread, ``E‖(x' − x)/s‖²/(2d)``, is
+        ``a·(1 − cos ωT)`` for a fraction ``a`` of moved walkers, so ``ωT = arccos(1 − jump/a)``
+        and the step that reaches ``ωT = π/2`` is ``ε·(π/2)/ωT``. The cap is that step (it
+        lets the step grow while ``ωT < π/2``); the acceptance or noise rule still applies
+        below it. ``jump`` is per move, ``moved`` the fraction of proposals taken
+        (the acceptance for :class:`HMC`, 1 for :class:`UHMC`)."""
+        c = jnp.clip(1.0 - jump / jnp.maximum(moved, 1e-3), -1.0, 1.0)
+        phase = jnp.arccos(c)
+        return jnp.where(phase > 1e-3, step_size * QUARTER_PERIOD / jnp.maximum(phase, 1e-3),
+                         jnp.inf)
 
     def _propose(self, key, x, cache, target, step_size, scale):
         return _hamiltonian_proposal(key, x, cache, target, step_size, scale, self.num_steps,
@@ -320,7 +354,7 @@ class UHMC(_Hamiltonian):
                              f"itself per leapfrog step), got {d!r}.")
 
     def default_step(self, dim):
-        return 0.5 * max(dim, 1) ** (-0.25)
+        return self._first_step(0.5 * max(dim, 1) ** (-0.25))
 
     def adjusted(self):
         return HMC(self.num_steps, self.jitter)
@@ -342,7 +376,7 @@ class HMC(_Hamiltonian):
     default_target = 0.65
 
     def default_step(self, dim):
-        return max(dim, 1) ** (-0.25)
+        return self._first_step(max(dim, 1) ** (-0.25))
 
     def adjusted(self):
         return self

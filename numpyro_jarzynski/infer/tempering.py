@@ -602,6 +602,12 @@ def _run_kernel(key, state, pop, disc, evaluate, config, kernel, h):
             _noise_step_rule(h, moved.noise, config.target_accept, kernel.max_step,
                              kernel.noise_exponent),
         )
+    if config.adapt_step_size and isinstance(kernel, K._Hamiltonian):
+        # Jump per move (a waste-free stage records half of its chains' summed jump).
+        per_move = moved.jump * (2.0 if config.waste_free else 1.0) / config.num_moves
+        moved_fraction = (moved.acceptance if kernel.invariant
+                          else jnp.where(beta_a >= 1.0, moved.acceptance, 1.0))
+        new_h = jnp.minimum(new_h, kernel.trajectory_cap(h, per_move, moved_fraction))
     return moved, pooled, jnp.asarray(new_h, h.dtype)
 
 
