@@ -41,8 +41,10 @@ the same number of gradient evaluations of the log density per particle:
   ``Auto.moves_per_stage(m)`` gives every candidate ``m × 5`` gradients per stage (5 ULA or
   MALA moves, or one 5-step trajectory, per unit of ``m``), so ``m = round(G / 5)``: 5
   gradients per stage at ``G = 5``, 50 at ``G = 51``. Its gradient count is summed from the
-  candidate it ran at each stage (``StageHistory.move_index``), and the script prints how often
-  it chose each candidate;
+  candidate it ran at each stage (``StageHistory.move_index``) plus the candidate it measured
+  on a shadow copy (``StageHistory.trial_index``: at the first stages and every
+  ``explore``-th), so it spends *more* gradients than the fixed moves (the ``grads`` column
+  says how many), and the script prints how often it chose each candidate;
 * BlackJAX: each stage re-initialises its inner kernel at the new temperature (one gradient),
   then MALA costs one gradient per step and HMC ``L`` per step: ``T·(steps·L + 1)``, where
   ``T`` is the number of adaptive stages it needed (measured).
@@ -397,10 +399,10 @@ def run_ours(problem, move, keys, n, num_warmup, num_moves, target_ess, repeats,
         state = jax.lax.fori_loop(0, num_warmup + 1, lambda i, s: step(s), state)
         beta_one = jnp.argmax(state.history.beta >= 1.0, axis=-1) + 1  # stages to reach β = 1
         return (state.log_evidence, flatten_sites(state.z), state.log_weights, beta_one,
-                state.history.move_index)
+                (state.history.move_index, state.history.trial_index))
 
     compiled, compile_s = compile_timed(loop, chain_keys)
-    (lz_loop, z, log_w, natural, move_index), run_s, cpu_s = run_timed(
+    (lz_loop, z, log_w, natural, (move_index, trial_index)), run_s, cpu_s = run_timed(
         compiled, chain_keys, repeats=repeats)
     # Same keys, same kernel functions: most runs agree to float32 rounding, but XLA fuses the
     # two programs differently and one flipped accept/resample decision sends a run down
@@ -424,9 +426,11 @@ def run_ours(problem, move, keys, n, num_warmup, num_moves, target_ess, repeats,
         # num_warmup warmup stages; the final stage is counted at the mean of the others).
         per_cand = np.array([m * c.grads_per_move for c, m in zip(
             kernel_.candidates, kernel_.moves_per_stage(num_moves))], np.float64)
-        idx = np.asarray(move_index)  # (seeds, num_warmup)
+        # A shadow trial (trial_index >= 0) spends its candidate's gradients too.
+        idx, tri = np.asarray(move_index), np.asarray(trial_index)  # (seeds, num_warmup)
         per_run = per_cand[idx].sum(-1)
         per_run = per_run + (stages - idx.shape[-1]) * per_run / max(idx.shape[-1], 1)
+        per_run = per_run + np.where(tri >= 0, per_cand[np.maximum(tri, 0)], 0.0).sum(-1)
         out.update(grads=float(per_run.mean() + 1), move_index=idx,
                    candidates=tuple(auto_label(c) for c in kernel_.candidates),
                    grads_per_candidate=per_cand)

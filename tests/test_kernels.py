@@ -243,25 +243,38 @@ def test_move_names_and_errors():
     assert K.Auto().moves_per_stage(2) == (10, 10, 2, 2)
 
 
-def _auto_rule(history, num_candidates, explore):
-    """The candidates ``move="auto"`` should have picked, replayed from the stage history:
-    each untried one in turn, then the best last score (jump × move CESS), every
-    ``explore``-th stage the stalest."""
-    idx = np.asarray(history.move_index)
-    score = np.asarray(history.jump) * np.asarray(history.move_cess)
-    last, best = np.full(num_candidates, -1), np.full(num_candidates, np.nan)
-    want = []
-    for t, i in enumerate(idx):
-        untried = np.flatnonzero(last < 0)
+def _auto_rule(history, candidates, moves_per_stage, explore):
+    """The candidates ``move="auto"`` should have run and tried, replayed from the stage
+    history: the population is moved by the best last score (min(jump, moves) × move CESS),
+    or by the
+    first invariant candidate before any score exists; the trial (a shadow copy of the stage)
+    is the first candidate never measured, then every ``explore``-th stage the stalest;
+    never the moving one."""
+    idx, trials = np.asarray(history.move_index), np.asarray(history.trial_index)
+    k = len(candidates)
+    moves = np.asarray(moves_per_stage)[idx]
+    score = np.minimum(np.asarray(history.jump), moves) * np.asarray(history.move_cess)
+    first = next(j for j, c in enumerate(candidates) if c.invariant)
+    last, best = np.full(k, -1), np.full(k, np.nan)
+    want, want_trial = [], []
+    for t, (i, tr) in enumerate(zip(idx, trials)):
+        scored = last >= 0
+        c = int(np.argmax(np.where(scored & np.isfinite(best), best, -np.inf))) if scored.any() \
+            else first
+        others = np.arange(k) != c
+        untried = np.flatnonzero(~scored & others)
         if untried.size:
-            c = untried[0]
-        elif t % explore == explore - 1:
-            c = int(np.argmin(last))
+            w = int(untried[0])
+        elif t % explore == explore - 1 and others.any():
+            w = int(np.argmin(np.where(others, last, np.iinfo(np.int32).max)))
         else:
-            c = int(np.argmax(np.where(np.isfinite(best), best, -np.inf)))
+            w = -1
         want.append(c)
+        want_trial.append(w)
         last[i], best[i] = t, score[t]
-    return np.array(want), idx
+        if tr >= 0:
+            last[tr], best[tr] = t, np.asarray(history.trial_score)[t]
+    return np.array(want), idx, np.array(want_trial), trials
 
 
 def test_auto_follows_its_rule_and_stays_exact():
@@ -292,9 +305,13 @@ def test_auto_follows_its_rule_and_stays_exact():
     state = mcmc.last_state
     for c in range(runs):
         hist = jax.tree.map(lambda v, c=c: v[c], state.history)
-        want, got = _auto_rule(hist, 2, 3)
+        want, got, want_trial, got_trial = _auto_rule(hist, auto.candidates, auto.moves_per_stage(2), 3)
         np.testing.assert_array_equal(got, want)
-    assert len(set(np.asarray(state.history.move_index).ravel())) >= 2  # it does switch
+        np.testing.assert_array_equal(got_trial, want_trial)
+    # Every candidate is measured (the second on shadow copies, at stages 0, 2, 5, ...).
+    assert {0, 1} <= set(np.asarray(state.history.move_index).ravel()) | set(
+        np.asarray(state.history.trial_index).ravel())
+    assert np.sum(np.asarray(state.history.trial_index) >= 0) >= runs * 6
     est = np.asarray(state.log_evidence, np.float64)
     se = est.std(ddof=1) / np.sqrt(runs)
     assert abs(est.mean() - exact) < 4 * se + 0.02, (est, exact, se)

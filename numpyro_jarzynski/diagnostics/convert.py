@@ -216,6 +216,10 @@ def stage_dataset(mcmc):
         "finite (rejected, or left in place by unadjusted moves)",
         "mass_shrinkage": "weight of the diagonal in the stage's fitted mass matrix (1: the "
         "diagonal, or a dense/low-rank fit that fell back to it)",
+        "move_index": "move='auto': the candidate that moved the population",
+        "trial_index": "move='auto': the candidate measured on a shadow copy of the stage "
+        "(-1: none)",
+        "trial_score": "move='auto': the trial's efficiency (jump x move CESS; NaN: none)",
     }
     ds = xr.Dataset(
         {k: (("chain", "stage"), v, {"description": attrs.get(k, "")}) for k, v in data.items()},

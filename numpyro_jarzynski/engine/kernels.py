@@ -398,18 +398,25 @@ class Auto:
     ``grads_per_move`` among the candidates, spent as ``budget // grads_per_move`` moves) and
     scores the one it ran by
 
-    .. math::  	ext{efficiency} = 	ext{jump} 	imes 	ext{CESS}_{	ext{moves}},
+    .. math::  	ext{efficiency} = \min(	ext{jump}, m) 	imes 	ext{CESS}_{	ext{moves}},
 
-    the squared jump of the stage's moves in units of the preconditioner (``StageHistory.jump``)
-    times the conditional ESS of their Crooks increments (1 for adjusted moves): how far the
-    particles were carried, discounted by the weight noise paid for it, at equal gradients.
+    the squared jump of the stage's ``m`` moves in units of the preconditioner
+    (``StageHistory.jump``, about 1 per move for a fresh draw; credited up to that, since
+    farther is not more renewal but an unstable move) times the conditional ESS of their
+    Crooks increments (1 for adjusted moves): how far the particles were carried, discounted
+    by the weight noise paid for it, at equal gradients.
     The score of a candidate is the one measured the last time it ran (the target changes
-    along the path, so old scores are not averaged in). Stages ``0 .. C−1`` try each candidate
-    once; afterwards each stage runs the best-scoring candidate, except every ``explore``-th
-    stage, which reruns the candidate measured longest ago so that no score goes stale.
-    Scores are read from earlier stages only, never from the particles being moved, so the
-    choice does not bias the weights. ``StageHistory.move_index`` records the choice
-    (an index into ``candidates``).
+    along the path, so old scores are not averaged in). The population is moved by the
+    best-scoring candidate (before any score exists, by the first invariant one). The others
+    are measured on **shadow trials**: the same stage on a copy of the population with its own
+    key, whose score and adapted step are kept and whose particles are discarded — stages
+    ``0 .. C−2`` try each candidate never measured, then every ``explore``-th stage the one
+    measured longest ago, so that no score goes stale. A trial spends its candidate's
+    gradients but never touches the population, so a candidate that is exact but useless on
+    a target (ULA in a funnel's neck) cannot damage the run by being tried. Scores are read
+    from earlier stages only, never from the particles being moved, so the choice does not
+    bias the weights. ``StageHistory.move_index`` records the candidate that moved each stage
+    and ``trial_index`` / ``trial_score`` the trial (indices into ``candidates``; −1: none).
     """
 
     candidates: tuple = (ULA(), MALA(), HMC(), UHMC())

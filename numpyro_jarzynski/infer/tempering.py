@@ -117,7 +117,10 @@ class SMCInfo(NamedTuple):
     ``Auto.candidates``; 0 for a fixed move); ``mass_shrinkage``: the weight of the identity
     (the diagonal) in the stage's fitted mass matrix, ``5/(ESS_half + 5)`` for a dense or
     low-rank fit (mean of the two halves), 1 for the diagonal mass or a fit that fell back to
-    it (:mod:`numpyro_jarzynski.engine.preconditioner`).
+    it (:mod:`numpyro_jarzynski.engine.preconditioner`); ``trial_index``: the candidate that
+    ``move="auto"`` ran on a shadow copy of the stage to measure it (−1: none; its gradients
+    are spent, its particles discarded), and ``trial_score`` its measured efficiency
+    (``min(jump, moves) × move_cess`` of the shadow stage; NaN: no trial).
     """
 
     beta: jax.Array
@@ -138,6 +141,8 @@ class SMCInfo(NamedTuple):
     num_divergent: jax.Array
     move_index: jax.Array
     mass_shrinkage: jax.Array
+    trial_index: jax.Array
+    trial_score: jax.Array
 
     @property
     def pareto_khat(self):
@@ -153,7 +158,8 @@ class SMCInfo(NamedTuple):
 # The run's record of its annealing stages: one SMCInfo per stage, stacked on a leading axis.
 StageHistory = SMCInfo
 STAGE_FIELDS = SMCInfo._fields
-INT_STAGE_FIELDS = ("resampled", "num_dead", "num_failed", "num_divergent", "move_index")
+INT_STAGE_FIELDS = ("resampled", "num_dead", "num_failed", "num_divergent", "move_index",
+                    "trial_index")
 # Per-stage records of the weights' tail (a vector per stage), fitted after the run.
 TAIL_STAGE_FIELDS = ("weight_tail", "weight_tail_before_resampling")
 # The per-stage numbers a finished run reports (the tails replaced by their k-hat).
@@ -507,28 +513,56 @@ def _guarded_stage(state, evaluate, codec, config, blank):
 
 
 def _stage(state, evaluate, codec, config):
-    key, k_stage, _ = Z.split(state.rng_key, 3)
+    key, k_stage, k_trial = Z.split(state.rng_key, 3)
     x, disc = codec.split(state.z)
     i, h = state.i, state.step_size
     pop = Population(x, state.log_weights, state.log_z_banked)
     log_z_before = state.log_evidence
 
     kernel = config.move
+    trial, trial_score = jnp.full((), -1, jnp.int32), jnp.full((), jnp.nan)
     if isinstance(kernel, K.Auto):
-        idx = _auto_choice(state.auto, i, kernel.explore)
+        idx, trial = _auto_choice(state.auto, i, kernel)
         moves = kernel.moves_per_stage(config.num_moves)
 
         def branch(c, m):
             cfg = replace(config, num_moves=m, target_accept=c.default_target)
-            return lambda: _run_kernel(k_stage, state, pop, disc, evaluate, cfg, c,
-                                       state.auto.step_size[idx])
+            return lambda k, j: _run_kernel(k, state, pop, disc, evaluate, cfg, c,
+                                            state.auto.step_size[j])
 
-        moved, pooled, new_h = jax.lax.switch(
-            idx, [branch(c, m) for c, m in zip(kernel.candidates, moves)])
+        branches = [branch(c, m) for c, m in zip(kernel.candidates, moves)]
+        # The moving candidate and the trial (the same stage on a shadow copy, its own key)
+        # are two iterations of one scan, so that every candidate's stage is traced and
+        # compiled once; "no trial" is a branch that returns zeros of the same structure.
+        blank = jax.eval_shape(branches[0], k_stage, idx)
+        skip = lambda k, j: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), blank)
+
+        def one(carry, inputs):
+            k, j = inputs
+            return carry, jax.lax.switch(jnp.where(j >= 0, j, len(branches)),
+                                         branches + [skip], k, jnp.maximum(j, 0))
+
+        _, both = jax.lax.scan(one, None, (jnp.stack([k_stage, k_trial]),
+                                           jnp.stack([idx, trial])))
+        first, second = (jax.tree.map(lambda a, t=t: a[t], both) for t in (0, 1))
+
+        def measured(auto, j, moved, new_h):
+            # A jump is credited up to one fresh draw per move: farther is not more renewal
+            # but an unstable move (ULA thrown out of a funnel's neck jumped 10^4 spreads).
+            renewal = jnp.minimum(moved.jump, jnp.asarray(moves, moved.jump.dtype)[j])
+            return AutoState(auto.step_size.at[j].set(new_h),
+                             auto.score.at[j].set(_finite(renewal * moved.move_cess)),
+                             auto.last.at[j].set(i))
+
+        moved, pooled, new_h = first
         h = state.auto.step_size[idx]
-        auto = AutoState(state.auto.step_size.at[idx].set(new_h),
-                         state.auto.score.at[idx].set(_finite(moved.jump * moved.move_cess)),
-                         state.auto.last.at[idx].set(i))
+        auto = measured(state.auto, idx, moved, new_h)
+        # Only the trial's score and adapted step are kept (read from the next stage on); its
+        # particles are discarded.
+        j = jnp.maximum(trial, 0)
+        tried = measured(auto, j, second[0], second[2])
+        auto = jax.tree.map(lambda a, b: jnp.where(trial >= 0, a, b), tried, auto)
+        trial_score = jnp.where(trial >= 0, auto.score[jnp.maximum(trial, 0)], jnp.nan)
     else:
         idx, auto = jnp.zeros((), jnp.int32), state.auto
         moved, pooled, new_h = _run_kernel(k_stage, state, pop, disc, evaluate, config, kernel, h)
@@ -552,7 +586,7 @@ def _stage(state, evaluate, codec, config):
         weight_tail_before_resampling=moved.tail_before, num_dead=num_dead,
         num_failed=moved.num_failed,
         jump=moved.jump, num_divergent=moved.num_divergent, move_index=idx,
-        mass_shrinkage=shrinkage,
+        mass_shrinkage=shrinkage, trial_index=trial, trial_score=trial_score,
     )
     info = SMCInfo(*(jnp.asarray(v, jnp.int32 if f in INT_STAGE_FIELDS else ess.dtype)
                      for f, v in zip(STAGE_FIELDS, info)))
@@ -611,12 +645,20 @@ def _run_kernel(key, state, pop, disc, evaluate, config, kernel, h):
     return moved, pooled, jnp.asarray(new_h, h.dtype)
 
 
-def _auto_choice(auto, i, explore):
-    """The candidate of ``move="auto"`` for stage ``i``: each untried one in turn, then the
-    best last score, except every ``explore``-th stage, which reruns the stalest score."""
-    untried = auto.last < 0
-    best = jnp.argmax(jnp.where(jnp.isfinite(auto.score), auto.score, -jnp.inf))
-    stale = jnp.argmin(auto.last)
-    pick = jnp.where(i % explore == explore - 1, stale, best)
-    return jnp.where(jnp.any(untried), jnp.argmax(untried), pick).astype(jnp.int32)
+def _auto_choice(auto, i, kernel):
+    """``(candidate that moves the population at stage i, candidate tried on a shadow copy or
+    −1)`` for ``move="auto"``. The population is moved by the best last score, or, before any
+    score exists, by the first invariant candidate. The trial is the first candidate never
+    measured, then, every ``explore``-th stage, the one measured longest ago; never the
+    candidate that moves."""
+    scored = auto.last >= 0
+    first = next((j for j, c in enumerate(kernel.candidates) if c.invariant), 0)
+    best = jnp.argmax(jnp.where(scored & jnp.isfinite(auto.score), auto.score, -jnp.inf))
+    real = jnp.where(jnp.any(scored), best, first).astype(jnp.int32)
+    others = jnp.arange(auto.last.shape[0]) != real
+    untried = ~scored & others
+    stale = jnp.argmin(jnp.where(others, auto.last, jnp.iinfo(auto.last.dtype).max))
+    explore = (i % kernel.explore == kernel.explore - 1) & jnp.any(others)
+    trial = jnp.where(jnp.any(untried), jnp.argmax(untried), jnp.where(explore, stale, -1))
+    return real, trial.astype(jnp.int32)
 
