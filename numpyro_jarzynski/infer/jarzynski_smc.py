@@ -46,6 +46,7 @@ from numpyro_jarzynski.infer.gibbs import (
 )
 from numpyro_jarzynski.infer.tempering import (
     INFO_PROPERTIES,
+    PILOT_PARTICLES,
     STAGE_FIELDS,
     STATE_PROPERTIES,
     Codec,
@@ -54,6 +55,7 @@ from numpyro_jarzynski.infer.tempering import (
     TemperingConfig,
     field_source,
     init_state,
+    pilot_step,
     record,
     smc_step,
 )
@@ -502,14 +504,40 @@ class JarzynskiSMC(MCMCKernel):
         x, disc = codec.split(z)
         cache = evaluate(x, disc)
         auto_steps = ()
+        pilot = self._pilot(rng_key, dim, spec, codec, evaluate, model_args, model_kwargs)
         if isinstance(self.move, Auto):  # every candidate starts at its own default step
-            auto_steps = tuple(self._step_size or self._default_step_size(dim, c)
-                               for c in self.move.candidates)
+            moves = self.move.moves_per_stage(self.num_moves)
+            auto_steps = tuple(self._step_size or pilot(c, self._default_step_size(dim, c),
+                                                        c.default_target, m)
+                               for c, m in zip(self.move.candidates, moves))
             h = auto_steps[0]
         else:
-            h = self._step_size if self._step_size is not None else self._default_step_size(dim)
+            h = self._step_size if self._step_size is not None else pilot(
+                self.move, self._default_step_size(dim), self.target_accept, self.num_moves)
         return self._shard(
             init_state(key_state, z, log_w, cache, h, num_warmup, codec, auto_steps))
+
+    def _pilot(self, rng_key, dim, spec, codec, evaluate, model_args, model_kwargs):
+        """``(move, default step, target, moves per stage) -> first step``: tuned at β = 0 on
+        ``PILOT_PARTICLES`` prior draws independent of the population
+        (:func:`~numpyro_jarzynski.infer.tempering.pilot_step`), or the default step where
+        there is nothing to tune (no continuous site, ``adapt_step_size=False``, a composite
+        move) or no exact prior draws (``init_particles``: the draws would need weights)."""
+        if dim == 0 or not self.adapt_step_size or self.init_particles:
+            return lambda move, h, target, moves: h
+        key = jax.random.fold_in(rng_key, 1)  # the population's draws keep their own keys
+        k_draw, k_moves = jax.random.split(key)
+        z, disc, _ = bridge.draw_prior(self._model, model_args, model_kwargs, spec, k_draw,
+                                       min(self.num_particles, PILOT_PARTICLES))
+        x, disc = codec.split({**z, **disc})
+        cache = evaluate(x, disc)
+
+        def pilot(move, h, target, moves):
+            if isinstance(move, Composite):
+                return h
+            return pilot_step(k_moves, x, cache, disc, evaluate, move, h, target, moves)
+
+        return pilot
 
     def _shard(self, state):
         """Constrain the particle axis of the population to the device mesh (a no-op on one
