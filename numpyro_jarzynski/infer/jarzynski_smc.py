@@ -109,8 +109,10 @@ class JarzynskiSMC(MCMCKernel):
         best measured jump × weight-ESS at equal gradients). See ``docs/moves.md``.
     :param float step_size: initial dimensionless step ``h`` (moves are preconditioned by the
         particles' per-coordinate spread, or by the mass matrix ``dense_mass`` /
-        ``mass_rank`` ask for). Default ``d^{-1/3}`` for MALA, ``0.5 d^{-1/3}``
-        for ULA, ``d^{-1/4}`` for HMC, ``0.5 d^{-1/4}`` for unadjusted HMC.
+        ``mass_rank`` ask for). Default: tuned before the first stage, at β = 0, on 256 prior
+        draws independent of the population (8 rounds of the stage's own rule), starting from
+        ``d^{-1/3}`` for MALA, ``0.5 d^{-1/3}`` for ULA, ``min(d^{-1/4}, π/(2L))`` for HMC and
+        ``min(0.5 d^{-1/4}, π/(2L))`` for unadjusted HMC; a value given here is used as is.
     :param int num_moves: moves per stage.
     :param schedule: ``"adaptive"`` (bisection on the conditional ESS), ``"linear"``,
         ``"geometric"``, or an array with one β per warmup stage ending at 1.
