@@ -130,22 +130,27 @@ def _differences(y):
 
 def test_dense_mass_is_exact_and_beats_the_diagonal_on_a_correlated_posterior():
     """``dense_mass=True`` gives log Z within its Monte Carlo error of the exact value, and at
-    the same budget (N = 500, 20 stages of 2 MALA moves, 8 runs) it is far better than the
-    diagonal: the adapted step is > 4x larger (0.39 against 0.033 when written) and the
-    spread of log Z over the runs < half (0.16 against 0.83). A mass matrix that was fitted
-    but not used would leave both at the diagonal's values."""
+    the same budget (N = 500, 20 stages of 2 MALA moves, 24 runs) it is far better than the
+    diagonal: the adapted step is > 4x larger (0.39 against 0.032 when written) and the
+    log-Z RMSE against the exact value well below (0.25 against 0.62). A mass matrix that was
+    fitted but not used would leave both at the diagonal's values. (With 8 runs the spread of
+    log Z alone was too noisy to compare: 0.16 against 0.83 on one version of the code, 0.26
+    against 0.28 on the next.)"""
     runs = {}
+    num_runs = 24
     for name, kw in (("diag", {}), ("dense", {"dense_mass": True})):
         mcmc = MCMC(JarzynskiSMC(_differences, num_particles=500, **kw), num_warmup=20,
-                    num_samples=1, num_chains=8, chain_method="vectorized", progress_bar=False)
+                    num_samples=1, num_chains=num_runs, chain_method="vectorized",
+                    progress_bar=False)
         with warnings.catch_warnings():  # the diagonal run is warned about its small moves
             warnings.simplefilter("ignore", UserWarning)
             mcmc.run(jax.random.key(0), Y)
         runs[name] = mcmc.last_state
     lz = {k: np.asarray(s.log_evidence, np.float64) for k, s in runs.items()}
-    se = lz["dense"].std(ddof=1) / np.sqrt(8)
+    se = lz["dense"].std(ddof=1) / np.sqrt(num_runs)
     assert abs(lz["dense"].mean() - EXACT) < 4 * se + 0.02, (lz["dense"], EXACT, se)
-    assert lz["dense"].std(ddof=1) < 0.5 * lz["diag"].std(ddof=1), lz
+    rmse = {k: float(np.sqrt(np.mean((v - EXACT) ** 2))) for k, v in lz.items()}
+    assert rmse["dense"] < 0.6 * rmse["diag"], rmse
     step = {k: float(np.mean(s.step_size)) for k, s in runs.items()}
     assert step["dense"] > 4 * step["diag"], step
     shrink = {k: np.asarray(s.history.mass_shrinkage) for k, s in runs.items()}

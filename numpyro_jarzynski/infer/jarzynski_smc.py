@@ -537,7 +537,8 @@ class JarzynskiSMC(MCMCKernel):
         def pilot(move, h, target, moves):
             if isinstance(move, Composite):
                 return h
-            return pilot_step(k_moves, x, cache, disc, evaluate, move, h, target, moves)
+            return pilot_step(k_moves, x, cache, disc, evaluate, move, h, target, moves,
+                              self.mass)
 
         return pilot
 

@@ -479,7 +479,8 @@ PILOT_ROUNDS = 8
 PILOT_GRID = 16  # the tuned first step is rounded to a grid of e^{1/PILOT_GRID}
 
 
-def pilot_step(key, x, cache, disc, evaluate, kernel, step_size, target, num_moves):
+def pilot_step(key, x, cache, disc, evaluate, kernel, step_size, target, num_moves,
+               mass=PC.DIAGONAL):
     """The first stage's step, tuned at β = 0 on *independent* prior draws ``(x, cache, disc)``
     (never the population the stage will move, so the step does not bias log Z).
 
@@ -487,13 +488,17 @@ def pilot_step(key, x, cache, disc, evaluate, kernel, step_size, target, num_mov
     rule to what it measured, as if that move had been a stage: toward ``target`` mean
     acceptance for an invariant move, toward a stage's Crooks-noise CESS ``target`` for an
     unadjusted one (``num_moves`` moves' worth of noise), and for the Hamiltonian moves within a
-    quarter period. A default step that suits a Gaussian can be far too large for a prior with
+    quarter period, under the preconditioner ``mass`` the stages use. A default step that
+    suits a Gaussian can be far too large for a prior with
     a funnel (stochastic volatility's random walk under a small scale): every MALA and HMC
     proposal of the first stage was rejected there, and ULA's first step threw the walkers of
     the neck away for good. ``PILOT_ROUNDS`` rounds move the step by up to a factor
     ``e^{±0.65·rounds}`` (acceptance) or ``10^{-rounds}``…``1.3^{rounds}`` (noise)."""
     lw = jnp.zeros(x.shape[:1], x.dtype)
-    scale = _spread(lw, x, jnp.ones(x.shape[-1], x.dtype))
+    # The preconditioner the stages will use (diagonal, dense or low rank), fitted on the
+    # pilot's own draws: a step tuned under the diagonal is far too small for a dense mass.
+    scale, _ = crossfit_scale(Population(x, lw, jnp.zeros((), x.dtype)),
+                              _spread(lw, x, jnp.ones(x.shape[-1], x.dtype)), mass)
     tgt = P.TemperingPath(evaluate).target(jnp.zeros((), x.dtype))(disc)
 
     def round_(h, k):
