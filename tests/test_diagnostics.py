@@ -168,8 +168,10 @@ def test_equal_weight_view_agrees_with_weighted_summary(run, weighted):
 def test_summary_rhat_is_arviz_rhat_of_the_equal_weight_view(run, weighted):
     eq = D.to_datatree(run, resampled=True, rng_key=jax.random.key(0))
     expect = azs.rhat(eq)["mu"].values
-    # float64 here, float32 inside ArviZ
-    np.testing.assert_allclose(weighted.table["r_hat"].values.astype(float), expect, rtol=1e-5)
+    # float64 here, float32 inside ArviZ: R-hat − 1 is about 1e-3 here, and float32 variances
+    # here carry a relative error of about 1e-5 of R-hat (measured up to 1.6e-5 on one
+    # machine); 1e-4 stays a tenth of R-hat − 1.
+    np.testing.assert_allclose(weighted.table["r_hat"].values.astype(float), expect, rtol=1e-4)
 
 
 def test_pareto_khat_heavy_matched_uniform():
