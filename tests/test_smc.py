@@ -353,6 +353,18 @@ def test_waste_free_is_exact_and_checks_its_chain_length(data):
         JarzynskiSMC(conjugate_model, num_particles=999, move="auto", waste_free=True)
 
 
+# Neal's funnel, centred, d = 10 (as in benchmarks/smc_vs_blackjax.py): a prior whose neck a
+# global preconditioner cannot resolve.
+FUNNEL_DIM = 10
+FUNNEL_Y = jnp.asarray(0.5 * (-1.0) ** np.arange(FUNNEL_DIM), jnp.float32)
+
+
+def funnel(y):
+    v = numpyro.sample("v", dist.Normal(0.0, 3.0))
+    x = numpyro.sample("x", dist.Normal(0.0, jnp.exp(v / 2)).expand([FUNNEL_DIM]).to_event(1))
+    numpyro.sample("y", dist.Normal(x, 1.0).to_event(1), obs=y)
+
+
 def test_auto_trials_never_touch_the_population():
     """``move="auto"`` measures a candidate on a shadow copy of the stage. When the first trial
     of each candidate moved the population, ULA's first step on a centred funnel threw the
@@ -362,13 +374,7 @@ def test_auto_trials_never_touch_the_population():
     run with the same key, while ULA is measured beside it."""
     from numpyro_jarzynski.engine.kernels import MALA, ULA, Auto
 
-    d = 10
-    y = jnp.asarray(0.5 * (-1.0) ** np.arange(d), jnp.float32)
-
-    def funnel(y):
-        v = numpyro.sample("v", dist.Normal(0.0, 3.0))
-        x = numpyro.sample("x", dist.Normal(0.0, jnp.exp(v / 2)).expand([d]).to_event(1))
-        numpyro.sample("y", dist.Normal(x, 1.0).to_event(1), obs=y)
+    y = FUNNEL_Y
 
     auto = run_smc(JarzynskiSMC(funnel, num_particles=500, move=Auto((ULA(), MALA())),
                                 num_moves=5), y, warmup=3, chains=2).last_state.history
@@ -391,13 +397,7 @@ def test_first_step_is_tuned_on_independent_prior_draws():
     given (no pilot)."""
     from numpyro_jarzynski.engine.kernels import MALA
 
-    d = 10
-    y = jnp.asarray(0.5 * (-1.0) ** np.arange(d), jnp.float32)
-
-    def funnel(y):
-        v = numpyro.sample("v", dist.Normal(0.0, 3.0))
-        x = numpyro.sample("x", dist.Normal(0.0, jnp.exp(v / 2)).expand([d]).to_event(1))
-        numpyro.sample("y", dist.Normal(x, 1.0).to_event(1), obs=y)
+    d, y = FUNNEL_DIM, FUNNEL_Y
 
     default = MALA().default_step(d + 1)
     tuned = run_smc(JarzynskiSMC(funnel, num_particles=500), y, warmup=3, chains=2)
