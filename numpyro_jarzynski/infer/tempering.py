@@ -613,7 +613,7 @@ def _stage(state, evaluate, codec, config):
         j = jnp.maximum(trial, 0)
         tried = measured(auto, j, second[0], second[2])
         auto = jax.tree.map(lambda a, b: jnp.where(trial >= 0, a, b), tried, auto)
-        trial_score = jnp.where(trial >= 0, auto.score[jnp.maximum(trial, 0)], jnp.nan)
+        trial_score = jnp.where(trial >= 0, auto.score[j], jnp.nan)
     else:
         idx, auto = jnp.zeros((), jnp.int32), state.auto
         moved, pooled, new_h = _run_kernel(k_stage, state, pop, disc, evaluate, config, kernel, h)
