@@ -219,7 +219,8 @@ def stage_dataset(mcmc):
         "move_index": "move='auto': the candidate that moved the population",
         "trial_index": "move='auto': the candidate measured on a shadow copy of the stage "
         "(-1: none)",
-        "trial_score": "move='auto': the trial's efficiency (jump x move CESS; NaN: none)",
+        "trial_score": "move='auto': the trial's efficiency (min(jump, moves) x move CESS; "
+        "NaN: none)",
     }
     ds = xr.Dataset(
         {k: (("chain", "stage"), v, {"description": attrs.get(k, "")}) for k, v in data.items()},

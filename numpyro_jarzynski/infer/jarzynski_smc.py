@@ -523,9 +523,11 @@ class JarzynskiSMC(MCMCKernel):
         """``(move, default step, target, moves per stage) -> first step``: tuned at β = 0 on
         ``PILOT_PARTICLES`` prior draws independent of the population
         (:func:`~numpyro_jarzynski.infer.tempering.pilot_step`), or the default step where
-        there is nothing to tune (no continuous site, ``adapt_step_size=False``, a composite
-        move) or no exact prior draws (``init_particles``: the draws would need weights)."""
-        if dim == 0 or not self.adapt_step_size or self.init_particles:
+        there is nothing to tune (a ``step_size`` given, no continuous site,
+        ``adapt_step_size=False``, a composite move) or no exact prior draws
+        (``init_particles``: the draws would need weights). Nothing is drawn or evaluated then."""
+        if (self._step_size is not None or dim == 0 or not self.adapt_step_size
+                or self.init_particles):
             return lambda move, h, target, moves: h
         key = jax.random.fold_in(rng_key, 1)  # the population's draws keep their own keys
         k_draw, k_moves = jax.random.split(key)
