@@ -489,9 +489,14 @@ class JarzynskiSMC(MCMCKernel):
         """The state before the first stage: a pure function of its arguments."""
         spec = self._model_spec(model_args, model_kwargs, quiet=quiet)
         key_init, key_state = jax.random.split(rng_key)
+        n = self.num_particles
+        # The first step's pilot draws (independent of the population: their own keys) come
+        # from the same traced draw and evaluation as the population's, so the initial
+        # program compiles the model once, not once per shape.
+        pilot_keys = self._pilot_keys(rng_key, spec)
         z, disc, log_w = bridge.draw_prior(
-            self._model, model_args, model_kwargs, spec, key_init, self.num_particles,
-            self.init_particles,
+            self._model, model_args, model_kwargs, spec, key_init, n,
+            self.init_particles, extra_keys=pilot_keys,
         )
         z = {**z, **disc}
         codec, unravel, dim = self._layout(spec, z)
@@ -505,8 +510,14 @@ class JarzynskiSMC(MCMCKernel):
                                      self._collapsed(spec, z, model_args, model_kwargs))
         x, disc = codec.split(z)
         cache = evaluate(x, disc)
+        pilot = lambda move, h, target, moves: h  # nothing to tune
+        if pilot_keys is not None:
+            if dim:
+                pilot = self._pilot(rng_key, evaluate,
+                                    *jax.tree.map(lambda a: a[n:], (x, cache, disc)))
+            z, log_w, x, cache, disc = jax.tree.map(lambda a: a[:n],
+                                                    (z, log_w, x, cache, disc))
         auto_steps = ()
-        pilot = self._pilot(rng_key, dim, spec, codec, evaluate, model_args, model_kwargs)
         if isinstance(self.move, Auto):  # every candidate starts at its own default step
             moves = self.move.moves_per_stage(self.num_moves)
             auto_steps = tuple(self._step_size or pilot(c, self._default_step_size(dim, c),
@@ -519,28 +530,25 @@ class JarzynskiSMC(MCMCKernel):
         return self._shard(
             init_state(key_state, z, log_w, cache, h, num_warmup, codec, auto_steps))
 
-    def _pilot(self, rng_key, dim, spec, codec, evaluate, model_args, model_kwargs):
-        """``(move, default step, target, moves per stage) -> first step``: tuned at β = 0 on
-        ``PILOT_PARTICLES`` prior draws independent of the population
-        (:func:`~numpyro_jarzynski.infer.tempering.pilot_step`), or the default step where
-        there is nothing to tune (a ``step_size`` given, no continuous site,
-        ``adapt_step_size=False``, a composite move) or no exact prior draws
-        (``init_particles``: the draws would need weights). Nothing is drawn or evaluated then."""
-        if (self._step_size is not None or dim == 0 or not self.adapt_step_size
-                or self.init_particles):
-            return lambda move, h, target, moves: h
+    def _pilot_keys(self, rng_key, spec):
+        """The keys of the ``PILOT_PARTICLES`` pilot draws, or ``None`` where no step is tuned:
+        a ``step_size`` given, ``adapt_step_size=False``, no continuous site, a composite move,
+        or no exact prior draws (``init_particles``: the draws would need weights)."""
+        if (self._step_size is not None or not self.adapt_step_size or self.init_particles
+                or not spec.continuous or isinstance(self.move, Composite)):
+            return None
         key = jax.random.fold_in(rng_key, 1)  # the population's draws keep their own keys
-        k_draw, k_moves = jax.random.split(key)
-        z, disc, _ = bridge.draw_prior(self._model, model_args, model_kwargs, spec, k_draw,
-                                       min(self.num_particles, PILOT_PARTICLES))
-        x, disc = codec.split({**z, **disc})
-        cache = evaluate(x, disc)
+        return jax.random.split(key, min(self.num_particles, PILOT_PARTICLES))
+
+    def _pilot(self, rng_key, evaluate, x, cache, disc):
+        """``(move, default step, target, moves per stage) -> first step``, tuned at β = 0 on
+        the ``PILOT_PARTICLES`` prior draws ``(x, cache, disc)``, independent of the
+        population (:func:`~numpyro_jarzynski.infer.tempering.pilot_step`)."""
+        k_moves = jax.random.fold_in(rng_key, 2)
 
         def pilot(move, h, target, moves):
-            if isinstance(move, Composite):
-                return h
-            return pilot_step(k_moves, x, cache, disc, evaluate, move, h, target, moves,
-                              self.mass)
+            return pilot_step(k_moves, x, cache, disc, evaluate, move, h, target,
+                              moves, self.mass)
 
         return pilot
 

@@ -485,8 +485,13 @@ def _check_proposal(name, proposal, spec):
         )
 
 
-def draw_prior(model, model_args, model_kwargs, spec, rng_key, num_particles, init_particles=None):
+def draw_prior(model, model_args, model_kwargs, spec, rng_key, num_particles, init_particles=None,
+               extra_keys=None):
     """Exact prior draws for all latent sites, shape ``(N, ...)`` in unconstrained space.
+
+    ``extra_keys`` (a batch of ``M`` keys, without ``init_particles``) appends ``M`` more
+    draws, one per key, after the ``N`` of ``rng_key``: one traced draw serves both sets (the
+    first ``N`` are the draws ``rng_key`` alone gives).
 
     ``init_particles`` maps site names to either arrays of constrained values with leading
     dimension ``N`` (taken as exact prior draws) or a NumPyro distribution (particles are
@@ -534,6 +539,10 @@ def draw_prior(model, model_args, model_kwargs, spec, rng_key, num_particles, in
     for name, proposal in proposals.items():
         _check_proposal(name, proposal, spec)
     keys = jax.random.split(rng_key, num_particles)
+    if extra_keys is not None:
+        if init_particles:
+            raise ValueError("extra_keys draws exact prior draws: not with init_particles")
+        keys = jnp.concatenate([keys, extra_keys])
     draw = jax.vmap(
         lambda k, g: _one_prior_draw(model, model_args, model_kwargs, spec, k, g, proposals)
     )
