@@ -41,6 +41,7 @@ KHAT_THRESHOLD = 0.7
 POOR_RENEWAL = 0.4
 DIVERGENT_FRACTION = 0.1
 SHORT_BUDGET = 2.5  # warn when the stages needed exceed the budget by this factor
+IDLE_STAGES = 10  # k-hat advice: a budget with this many stages (and half) idle at β = 1
 
 
 class SMCFailure(FloatingPointError):
@@ -84,6 +85,8 @@ class RunHealth:
     fail_stage: int
     fail_beta: float
     betas: np.ndarray = dataclasses.field(repr=False)
+    # Stages run until β first reached 1 (the annealing); the rest only mixed at β = 1.
+    anneal_stages: int = -1
 
     def beta_at(self, stage):
         return float(self.betas[stage]) if 0 <= stage < len(self.betas) else float("nan")
@@ -114,6 +117,19 @@ def _needed_stages(cess, betas, target):
     anneal = np.concatenate([[True], betas[:-1] < 1.0]) if betas.size else betas.astype(bool)
     steps = np.sqrt(np.log(c) / math.log(target))[anneal & np.isfinite(betas)]
     return int(max(1, math.ceil(np.sum(steps) - 1e-6)))
+
+
+def _anneal_stages(betas):
+    """Stages up to and including the first at β = 1 (all of them if β never got there)."""
+    at_one = np.flatnonzero(betas >= 1.0)
+    return int(at_one[0]) + 1 if at_one.size else int(betas.size)
+
+
+def _idle_budget(h):
+    """Whether most of the run's stages came after β = 1, where they add nothing to the
+    evidence: the same budget could have annealed more slowly (a higher ``target_ess``)."""
+    idle = h.num_stages - h.anneal_stages
+    return h.anneal_stages > 0 and idle >= IDLE_STAGES and idle >= h.anneal_stages
 
 
 def _renewals(jump, resampled, betas):
@@ -197,6 +213,7 @@ def run_health(state, num_particles, target_ess=0.9, num_chains=None, num_moves=
             fail_stage=int(fail_stage),
             fail_beta=float(fail_beta),
             betas=np.asarray(h.beta[ran]),
+            anneal_stages=_anneal_stages(h.beta[ran]),
         ))
     return out
 
@@ -286,8 +303,13 @@ def messages(h):
             f"In chain {c}, the Pareto k-hat of the weights before resampling reached "
             f"{h.max_khat_before_resampling:.2f} at {_where(h, h.max_khat_stage)} (> "
             f"{KHAT_THRESHOLD}): the increments are heavy-tailed, and the evidence can be biased "
-            "even when independent runs agree. Use more stages (num_warmup), a higher "
-            "target_ess, or more particles."
+            "even when independent runs agree. "
+            + (f"β reached 1 at stage {h.anneal_stages - 1} and the other "
+               f"{h.num_stages - h.anneal_stages} stages ran at β = 1, where they add nothing "
+               "to the evidence: raise target_ess (e.g. 0.99) so that the same budget anneals "
+               "more slowly, or use more particles."
+               if _idle_budget(h) else
+               "Use more stages (num_warmup), a higher target_ess, or more particles.")
         )
     if h.median_renewal < POOR_RENEWAL and not h.failed:
         out.append(
