@@ -85,8 +85,13 @@ class RunHealth:
     fail_stage: int
     fail_beta: float
     betas: np.ndarray = dataclasses.field(repr=False)
-    # Stages run until β first reached 1 (the annealing); the rest only mixed at β = 1.
-    anneal_stages: int = -1
+
+    @property
+    def anneal_stages(self):
+        """Stages up to and including the first at β = 1 (all of them if β never got there):
+        the annealing; the rest only mixed at β = 1."""
+        at_one = np.flatnonzero(self.betas >= 1.0)
+        return int(at_one[0]) + 1 if at_one.size else int(self.betas.size)
 
     def beta_at(self, stage):
         return float(self.betas[stage]) if 0 <= stage < len(self.betas) else float("nan")
@@ -117,12 +122,6 @@ def _needed_stages(cess, betas, target):
     anneal = np.concatenate([[True], betas[:-1] < 1.0]) if betas.size else betas.astype(bool)
     steps = np.sqrt(np.log(c) / math.log(target))[anneal & np.isfinite(betas)]
     return int(max(1, math.ceil(np.sum(steps) - 1e-6)))
-
-
-def _anneal_stages(betas):
-    """Stages up to and including the first at β = 1 (all of them if β never got there)."""
-    at_one = np.flatnonzero(betas >= 1.0)
-    return int(at_one[0]) + 1 if at_one.size else int(betas.size)
 
 
 def _idle_budget(h):
@@ -213,7 +212,6 @@ def run_health(state, num_particles, target_ess=0.9, num_chains=None, num_moves=
             fail_stage=int(fail_stage),
             fail_beta=float(fail_beta),
             betas=np.asarray(h.beta[ran]),
-            anneal_stages=_anneal_stages(h.beta[ran]),
         ))
     return out
 
