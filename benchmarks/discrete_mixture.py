@@ -31,7 +31,7 @@ Subcommands (``python benchmarks/discrete_mixture.py CMD``):
 * ``toy``: ``JarzynskiSMC(model, num_particles=1000, move=[MALA(), Gibbs(...)])``, configs
   ``collapsed:n`` (B summed out of the path, the default ``Gibbs()``), ``plate:n`` /
   ``coordinate:n`` (B sampled along the path: ``collapse=False``);
-* ``gmm``: the GMM settings (a)–(e).
+* ``gmm``: the GMM settings (a)–(j) (``--gmm`` picks them: ``i`` is the schedule before ``budget_fill``).
 
 SMC timings: the kernel's own ``init`` + ``sample`` loop (what ``MCMC.run`` runs, chains
 vmapped as with ``chain_method="vectorized"``) is compiled ahead of time with
@@ -388,6 +388,8 @@ def gmm(num_seeds=8, num_particles=2000, num_warmup=100, which="afgh"):
         "c": ("target_ess=0.99", {"target_ess": 0.99}),
         "d": ("num_moves=5", {"num_moves": 5}),
         "e": ("move=[UHMC(), Gibbs()]", {"move": [UHMC(), Gibbs()]}),
+        "i": ("budget_fill=None (the schedule before 2026-12-03)", {"budget_fill": None}),
+        "j": ("budget_fill=0.8", {"budget_fill": 0.8}),
     }
     args = (jnp.asarray(GMM_DATA),)
     for key in which:

@@ -89,3 +89,45 @@ def budget_pace(beta, remaining):
     log_b = jnp.log(jnp.maximum(beta, jnp.finfo(beta.dtype).tiny))
     out = jnp.where(beta > 0, jnp.exp(log_b * (r - 1.0) / r), 0.0)
     return jnp.clip(jnp.where(r <= 1.0, 1.0, out), beta, 1.0)
+
+
+def remaining_length(log_w, log_lik, beta):
+    """Estimate of the thermodynamic length ``∫_β^1 sd_b(log lik) db`` left on the path.
+
+    From the weighted population at ``β``: its spread ``sd_β`` of the log likelihood and the
+    local slope ``s = d log sd_b / d log b = β κ₃ / (2 Var_β)`` (``d Var_b/db`` is the third
+    central moment κ₃), clipped to ``[−1, 0]``, extrapolated as a power law
+    ``sd_b = sd_β (b/β)^s``: ``∫ = sd_β (β^{−s} − β) / (1 + s)``. The clip keeps the estimate
+    between the fastest decay there is (``s = −1``: a Gaussian likelihood, ``Var ∝ β^{−2}``,
+    :func:`budget_pace`) and no decay (``s = 0``: ``sd_β (1 − β)``), so it does not shrink
+    because of an unusually fast local decay; at ``β = 0``, ``s = 0``.
+    """
+    beta = jnp.asarray(beta)
+    dtype = beta.dtype
+    W = jnp.exp(log_w - jax.scipy.special.logsumexp(log_w))
+    live = W > 0
+    ll = jnp.where(live, log_lik, 0.0)
+    m = jnp.sum(W * ll)
+    c = jnp.where(live, ll - m, 0.0)
+    var = jnp.sum(W * c * c)
+    k3 = jnp.sum(W * c * c * c)
+    tiny = jnp.finfo(dtype).tiny
+    s = jnp.clip(beta * k3 / (2 * jnp.maximum(var, tiny)), -1.0, 0.0)
+    s = jnp.where(jnp.isfinite(s), s, 0.0)
+    b = jnp.maximum(beta, tiny)
+    near = (1 + s) < 1e-3  # s = -1: sd_β β log(1/β)
+    power = (jnp.power(b, -s) - beta) / jnp.maximum(1 + s, 1e-3)
+    length = jnp.sqrt(var) * jnp.where(near, beta * -jnp.log(b), jnp.where(beta > 0, power, 1.0))
+    return jnp.where(jnp.isfinite(length), jnp.maximum(length, 0.0), jnp.inf)
+
+
+def fill_target(log_w, log_lik, beta, stages, target):
+    """The conditional ESS per stage that spends the rest of the path evenly over ``stages``
+    stages (:func:`remaining_length`; a step of thermodynamic length δ keeps the conditional
+    ESS at ``≈ exp(−δ²)``), never below ``target``."""
+    beta = jnp.asarray(beta)
+    dtype = beta.dtype
+    stages = jnp.maximum(jnp.asarray(stages, dtype), 1.0)
+    delta = remaining_length(log_w, log_lik, beta) / stages
+    cap = 1.0 - 100 * jnp.finfo(dtype).eps
+    return jnp.clip(jnp.exp(-delta * delta), target, cap)

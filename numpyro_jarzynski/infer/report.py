@@ -126,7 +126,8 @@ def _needed_stages(cess, betas, target):
 
 def _idle_budget(h):
     """Whether most of the run's stages came after β = 1, where they add nothing to the
-    evidence: the same budget could have annealed more slowly (a higher ``target_ess``)."""
+    evidence: the same budget could have annealed more slowly (``budget_fill``, or a higher
+    ``target_ess``)."""
     idle = h.num_stages - h.anneal_stages
     return h.anneal_stages > 0 and idle >= IDLE_STAGES and idle >= h.anneal_stages
 
@@ -304,8 +305,9 @@ def messages(h):
             "even when independent runs agree. "
             + (f"β reached 1 at stage {h.anneal_stages - 1} and the other "
                f"{h.num_stages - h.anneal_stages} stages ran at β = 1, where they add nothing "
-               "to the evidence: raise target_ess (e.g. 0.99) so that the same budget anneals "
-               "more slowly, or use more particles."
+               "to the evidence: let the schedule spend the budget on the path (budget_fill="
+               "0.9, the default, or closer to 1) or raise target_ess (e.g. 0.99), or use "
+               "more particles."
                if _idle_budget(h) else
                "Use more stages (num_warmup), a higher target_ess, or more particles.")
         )

@@ -68,7 +68,7 @@ from numpyro_jarzynski.engine.population import (
     ResampleInfo,
     replace_dead,
 )
-from numpyro_jarzynski.engine.schedules import budget_pace, solve_next_beta
+from numpyro_jarzynski.engine.schedules import budget_pace, fill_target, solve_next_beta
 
 
 class ParticleCache(NamedTuple):
@@ -289,6 +289,7 @@ class TemperingConfig:
     num_stages: int = 100
     schedule: tuple | None = None  # None = adaptive
     target_ess: float = 0.9
+    budget_fill: float | None = None  # plan β = 1 at this fraction of the stages (None: ASAP)
     min_increment: float = 1e-20
     resample_threshold: float = 0.5
     resampling: Any = "systematic"
@@ -381,24 +382,38 @@ def crossfit_scale(pop, fallback, mass=PC.DIAGONAL):
 
 
 def _choose_beta(config, state, cess_of):
-    """Target ``β_b`` of stage ``i``.
+    """Target ``β_b`` of stage ``i`` and the stage's noise share (below).
 
     Fixed schedules: their entry (1 after warmup). Adaptive: the larger of the CESS-targeted
     step and the budget pace (module docstring); a collapsed population (its last resampling
     kept fewer than :data:`COLLAPSED_ANCESTORS` ancestors) cannot certify a CESS step, so it
     follows the pace only. β = 1 from the last warmup stage on (the pace gives 1 there).
+
+    The CESS target is ``target_ess``, or higher with ``budget_fill``
+    (:func:`~numpyro_jarzynski.engine.schedules.fill_target`). The noise share
+    ``log target / log target_ess ∈ (0, 1]`` is the fraction of ``target_ess``'s weight noise
+    the stage's annealing step was allowed; an unadjusted move's Crooks noise per stage is
+    held to the same fraction of ``target_accept``'s (:func:`_run_kernel`), so that a budget
+    spread over more, smaller stages does not add up more Crooks noise.
     """
     i, beta_a = state.i, state.beta
     after = i >= config.num_stages
+    one = jnp.ones((), beta_a.dtype)
     if config.schedule is not None:
         sched = jnp.asarray(np.asarray(config.schedule), beta_a.dtype)
-        return jnp.where(after, 1.0, sched[jnp.minimum(i, config.num_stages - 1)])
-    bisect = solve_next_beta(cess_of, beta_a, config.target_ess, config.min_increment)
+        return jnp.where(after, 1.0, sched[jnp.minimum(i, config.num_stages - 1)]), one
     remaining = (config.num_stages - i).astype(beta_a.dtype)
+    target, share = config.target_ess, one
+    if config.budget_fill is not None:
+        planned = jnp.ceil(config.budget_fill * config.num_stages) - i
+        target = fill_target(state.log_weights, state.cache.log_lik, beta_a, planned,
+                             config.target_ess)
+        share = jnp.clip(jnp.log(target) / np.log(config.target_ess), 1e-3, 1.0)
+    bisect = solve_next_beta(cess_of, beta_a, target, config.min_increment)
     pace = budget_pace(beta_a, remaining)
     collapsed = (state.num_unique < COLLAPSED_ANCESTORS) & (beta_a > 0)
     beta_b = jnp.where(collapsed, pace, jnp.maximum(bisect, pace))
-    return jnp.where(after | (remaining <= 1), 1.0, beta_b)
+    return jnp.where(after | (remaining <= 1), 1.0, beta_b), share.astype(beta_a.dtype)
 
 
 def _work_cess(log_w, path, x, cache, beta_a):
@@ -430,6 +445,7 @@ class _Moved(NamedTuple):
     jump: jax.Array  # squared jump of the stage's moves in units of the scale (StageHistory)
     num_divergent: jax.Array  # proposals that landed on a non-finite density
     tail_after: jax.Array  # record of the weights' tail at the end of the stage
+    noise_share: jax.Array  # fraction of target_accept's Crooks noise allowed (_choose_beta)
 
 
 def _move_stage(key, state, pop, disc, evaluate, config, kernel):
@@ -441,7 +457,7 @@ def _move_stage(key, state, pop, disc, evaluate, config, kernel):
     dead particles get a live position."""
     beta_a, h = state.beta, state.step_size
     path = P.TemperingPath(evaluate)
-    beta_b = _choose_beta(config, state,
+    beta_b, share = _choose_beta(config, state,
                           _work_cess(pop.log_weights, path, pop.x, state.cache, beta_a))
     gibbs = config.discrete_move
     hook = None
@@ -470,7 +486,7 @@ def _move_stage(key, state, pop, disc, evaluate, config, kernel):
     return _Moved(pop, cache, disc, beta_b, info.cess, info.move_cess, info.noise,
                   info.acceptance, info.resample, info.tail_before, info.num_dead,
                   info.num_failed, info.jump,
-                  info.num_divergent, tail_after), pooled
+                  info.num_divergent, tail_after, share), pooled
 
 
 # The first step is tuned on this many independent prior draws, over this many rounds.
@@ -684,8 +700,8 @@ def _run_kernel(key, state, pop, disc, evaluate, config, kernel, h):
             beta_a >= 1.0,
             M.adapt_step_size(h, moved.acceptance, kernel.adjusted().default_target,
                               max_step=kernel.max_step),
-            _noise_step_rule(h, moved.noise, config.target_accept, kernel.max_step,
-                             kernel.noise_exponent),
+            _noise_step_rule(h, moved.noise / moved.noise_share, config.target_accept,
+                             kernel.max_step, kernel.noise_exponent),
         )
     if config.adapt_step_size and isinstance(kernel, K._Hamiltonian):
         # Jump per move (a waste-free stage records half of its chains' summed jump).
