@@ -14,9 +14,13 @@ noise to the evidence.
 annealing work keeps the conditional ESS at ``target_ess`` (bisection on ``log Δβ``) and
 (ii) the pace that spends what is left of the path evenly over the stages left
 (:func:`numpyro_jarzynski.engine.schedules.budget_pace`), so β reaches 1 at the last warmup
-stage at the latest and there is never a single forced jump. A stage whose conditional ESS
-falls short is recorded, not hidden (``StageHistory.cess``), and the run report says how many
-stages would have been needed.
+stage at the latest and there is never a single forced jump. With ``budget_fill`` (default
+0.9) the CESS target of (i) is raised above ``target_ess`` so that the thermodynamic length
+still to go (:func:`numpyro_jarzynski.engine.schedules.remaining_length`) is spread over the
+stages left before ``budget_fill × num_stages``, instead of reaching β = 1 after a few stages
+and leaving the rest of the budget to add nothing to the evidence. A stage whose conditional
+ESS falls short is recorded, not hidden (``StageHistory.cess``), and the run report says how
+many stages would have been needed.
 
 **Step size.** Moves are preconditioned by the weighted per-coordinate spread of the
 population (cross-fitted, diagonal by default; a cross-fitted dense or low-rank factor with
