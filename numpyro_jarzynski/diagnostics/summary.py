@@ -69,11 +69,12 @@ def _khat_one(log_w):
     # a few heavy particles (or copies of one ancestor) carry the weight, the worst case,
     # reported as +inf so it is flagged; with a healthy ESS (a likelihood with few distinct
     # values) it stays NaN, as the engine's k-hat does. The same when the tail takes only a few
-    # distinct values (lattice energies), where ArviZ returns a number that means nothing.
+    # distinct values (lattice energies; near-ties are one level, W.weight_levels), where
+    # ArviZ returns a number that means nothing.
     n = log_w.shape[0]
     tail = int(min(0.2 * n, 3 * n**0.5))
     top = np.sort(finite)[-tail:]
-    few_levels = np.unique(top).size < max(5, tail // 4)  # lattice energies: no GPD fit
+    few_levels = W.weight_levels(np, top) < max(5, tail // 4)  # lattice energies: no GPD fit
     if np.isnan(khat) or few_levels:
         return np.inf if float(W.ess(jnp.asarray(log_w))) < 0.5 else np.nan
     return float(khat)

@@ -173,6 +173,24 @@ def khat_of_tail(record):
         return _khat_fit(np, host)
 
 
+# Neighbouring log-weights of a tail closer than this fraction of their mean spacing are one
+# level for the k-hat fit's distinct-values check. A lattice model's weights sit on a few
+# levels, smeared by float rounding into near-ties (Ising 4×4: levels 0.02 nat apart, each
+# spread over 1e-4 by sums of nearly equal β steps), which the fit read as a tail of k ≈ 4. The
+# gaps of a continuous tail are roughly exponential about their mean, so about 10 % of them
+# fall below the tolerance; a tail on a few levels has nearly all its gaps below it.
+LEVEL_FRACTION = 0.1
+
+
+def weight_levels(xp, lw_sorted):
+    """Number of distinct levels of sorted log-weights (ascending, last axis): one plus the
+    gaps wider than :data:`LEVEL_FRACTION` of the mean gap. ``xp`` is ``numpy`` or
+    ``jax.numpy``."""
+    gaps = xp.diff(lw_sorted, axis=-1)
+    mean_gap = (lw_sorted[..., -1:] - lw_sorted[..., :1]) / max(gaps.shape[-1], 1)
+    return 1 + xp.sum(gaps > LEVEL_FRACTION * mean_gap, axis=-1)
+
+
 def _khat_fit(xp, record):
     """The generalised-Pareto fit of Zhang & Stephens (2009) to the tail of a record, with the
     weakly informative prior of Vehtari et al. (2024), as ArviZ's ``psislw`` does it; ``xp``
@@ -188,7 +206,7 @@ def _khat_fit(xp, record):
     q = int(tail / 4 + 0.5) - 1
     # No GPD fit exists when a quarter of the tail is tied at the cutoff, or when the tail
     # takes only a few distinct values (a lattice model's energies: a handful of levels).
-    distinct = 1 + xp.sum(x[..., 1:] > x[..., :-1] * (1 + 1e-6) + 1e-30, axis=-1)
+    distinct = weight_levels(xp, lw[..., -tail:])
     degenerate = has_tail & ((x[..., q] <= x[..., 0]) | (distinct < max(5, tail // 4)))
     ok = has_tail & ~degenerate
     placeholder = xp.linspace(1.0, 2.0, tail).astype(x.dtype)
