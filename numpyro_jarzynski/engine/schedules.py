@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from numpyro_jarzynski.engine.weights import normalized_weights
+
 
 def linear(num_stages):
     """``β_k = k / K`` for ``k = 1..K``."""
@@ -104,7 +106,7 @@ def remaining_length(log_w, log_lik, beta):
     """
     beta = jnp.asarray(beta)
     dtype = beta.dtype
-    W = jnp.exp(log_w - jax.scipy.special.logsumexp(log_w))
+    W = normalized_weights(log_w)
     live = W > 0
     ll = jnp.where(live, log_lik, 0.0)
     m = jnp.sum(W * ll)
@@ -118,7 +120,7 @@ def remaining_length(log_w, log_lik, beta):
     b = jnp.maximum(beta, tiny)
     near = (1 + s) < 1e-3  # s = -1: sd_β β log(1/β)
     power = (jnp.power(b, -s) - beta) / jnp.maximum(1 + s, 1e-3)
-    length = jnp.sqrt(var) * jnp.where(near, beta * -jnp.log(b), jnp.where(beta > 0, power, 1.0))
+    length = sd * jnp.where(near, beta * -jnp.log(b), jnp.where(beta > 0, power, 1.0))
     return jnp.where(jnp.isfinite(length), jnp.maximum(length, 0.0), jnp.inf)
 
 
