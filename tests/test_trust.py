@@ -149,11 +149,11 @@ def test_default_schedule_spends_the_budget_on_the_path(healthy_500):
 
 def test_spreading_the_budget_does_not_add_up_crooks_noise():
     """An unadjusted move adds Crooks noise at every annealing stage, held per stage at
-    target_accept. Spread over 90 % of the budget instead of the ~13 stages target_ess needs,
-    that noise added up (here 8.4 against 2.7 without spreading): UHMC on the funnel went
-    from 0.044 to 0.48 nat log-Z RMSE
-    (benchmarks/budget_fill.py). Each stage's noise is now held to the share of target_ess's
-    weight noise its annealing step was allowed, so the run's total stays near the old one."""
+    target_accept. Spread over 90 % of 80 stages instead of the ~22 that target_ess needs, that
+    noise added up (here 8.4 against 2.7 without spreading; UHMC on the funnel went from 0.044
+    to 0.48 nat log-Z RMSE, benchmarks/budget_fill.py). Each stage's noise is now held to the
+    share of target_ess's weight noise its annealing step was allowed, so the run's total stays
+    near the old one (1.4)."""
     y = data(50)
 
     def total_noise(fill):

@@ -120,7 +120,7 @@ def remaining_length(log_w, log_lik, beta):
     b = jnp.maximum(beta, tiny)
     near = (1 + s) < 1e-3  # s = -1: sd_β β log(1/β)
     power = (jnp.power(b, -s) - beta) / jnp.maximum(1 + s, 1e-3)
-    length = sd * jnp.where(near, beta * -jnp.log(b), jnp.where(beta > 0, power, 1.0))
+    length = sd * jnp.where(near, beta * -jnp.log(b), power)  # β = 0: s = 0, power = 1
     return jnp.where(jnp.isfinite(length), jnp.maximum(length, 0.0), jnp.inf)
 
 
