@@ -219,8 +219,10 @@ def stage_dataset(mcmc):
         "move_index": "move='auto': the candidate that moved the population",
         "trial_index": "move='auto': the candidate measured on a shadow copy of the stage "
         "(-1: none)",
-        "trial_score": "move='auto': the trial's efficiency (min(jump, moves) x move CESS; "
+        "trial_score": "move='auto': the trial's efficiency (min(renewal, 1) x move CESS; "
         "NaN: none)",
+        "renewal": "how far the stage's moves decorrelated the log likelihood, "
+        "E_w(l_end - l_start)^2 / (2 Var_w l) (about 1 for a fresh draw)",
     }
     ds = xr.Dataset(
         {k: (("chain", "stage"), v, {"description": attrs.get(k, "")}) for k, v in data.items()},

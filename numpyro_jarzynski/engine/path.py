@@ -117,7 +117,8 @@ class TemperingPath(NamedTuple):
 
     def target(self, point):
         return lambda extra: K.Target(lambda x: self.evaluate(x, extra),
-                                      lambda c: c.log_density(point), lambda c: c.grad(point))
+                                      lambda c: c.log_density(point), lambda c: c.grad(point),
+                                      lambda c: c.log_lik)
 
 
 # ---------------------------------------------------------------------------------- training

@@ -70,6 +70,7 @@ class MoveInfo(NamedTuple):
     jump: jax.Array
     num_divergent: jax.Array
     num_failed: jax.Array
+    renewal: Any = None
 
 
 class StageInfo(NamedTuple):
@@ -96,6 +97,7 @@ class StageInfo(NamedTuple):
     num_failed: jax.Array
     increment: Any = None
     tail_after: Any = None
+    renewal: Any = None
 
 
 class SweepMove(NamedTuple):
@@ -154,6 +156,26 @@ def jump(log_weights, x, x_new, scale):
     sq = jnp.square(P.solve(scale, jnp.where(jnp.isfinite(step), step, 0.0)))
     sq = jnp.sum(sq.reshape(sq.shape[0], -1), axis=-1)
     return jnp.sum(w * sq) / (2.0 * max(math.prod(x.shape[1:]), 1))
+
+
+def renewal(log_weights, stat, stat_new):
+    """``E_w(s' − s)²/(2 Var_w s)``: one move's squared jump of the target's statistic ``s``
+    (tempering: the log likelihood, what the next stage's weights are made of) in units of its
+    spread (about 1 for a move that draws afresh). ``None`` where the target declares none."""
+    if stat is None:
+        return None
+    w = jax.nn.softmax(jnp.where(jnp.isfinite(log_weights), log_weights, -jnp.inf))
+    ok = jnp.isfinite(stat) & jnp.isfinite(stat_new) & (w > 0)
+    s = jnp.where(ok, stat, 0.0)
+    mean = jnp.sum(w * s)
+    var = jnp.sum(w * jnp.square(s - mean))
+    sq = jnp.sum(w * jnp.square(jnp.where(ok, stat_new - stat, 0.0)))
+    return sq / jnp.maximum(2.0 * var, jnp.finfo(s.dtype).tiny)
+
+
+def _statistic(target, cache):
+    fn = getattr(target, "statistic", None)
+    return None if fn is None or cache is None else fn(cache)
 
 
 def _target_of(target):
@@ -231,12 +253,27 @@ def move(key, pop, cache, kernel, target, step_size, scale, num_moves, threshold
             hook, hook_first)
         return (pop, cache, extra, res if r is None else worse(res, r), dead), stats
 
+    # The block's net renewal of the target's statistic: its values at the start travel with
+    # the walkers through any resampling between moves (as part of the carried tree).
+    start = None if kernel is None else _statistic(target_of(extra), cache)
+    if start is not None:
+        inner_target, inner_hook = target_of, hook
+        target_of = lambda e: inner_target(e[0])
+        if inner_hook is not None:
+            def hook(k, p, c, e):
+                p, c, e0, d = inner_hook(k, p, c, e[0])
+                return p, c, (e0, e[1]), d
+        extra = (extra, start)
     (pop, cache, extra, res, dead), (move_cess, acc, jumps, divs) = jax.lax.scan(
         body, (pop, cache, extra, no_res, (zero_i, zero_i)), Z.split(key, num_moves)
     )
+    renewed = None
+    if start is not None:
+        extra, start = extra
+        renewed = renewal(pop.log_weights, start, _statistic(target_of((extra, None)), cache))
     noise = -jnp.sum(jnp.log(jnp.clip(move_cess, 1e-30, 1.0)))
     return pop, cache, extra, MoveInfo(jnp.min(move_cess), noise, jnp.mean(acc), res, dead[0],
-                                       jnp.sum(jumps), jnp.sum(divs), dead[1])
+                                       jnp.sum(jumps), jnp.sum(divs), dead[1], renewed)
 
 
 def step(key, pop, cache, increment, kernel, target, step_size, scale_fn, num_moves,
@@ -265,7 +302,7 @@ def step(key, pop, cache, increment, kernel, target, step_size, scale_fn, num_mo
     return pop, cache, extra, aux, StageInfo(
         cess, tail_before, info.move_cess, info.noise, info.acceptance,
         worse(res, info.resample), dead + info.num_dead, info.jump, info.num_divergent,
-        failed + info.num_failed, tail_after=tail_after,
+        failed + info.num_failed, tail_after=tail_after, renewal=info.renewal,
     )
 
 
@@ -350,7 +387,8 @@ def _move_then_reweight(key, pop, cache, path, a, b, kernel, step_size, scale_fn
     cache = cache if _shared(path) else None
     return pop, cache, extra, aux, StageInfo(
         cess, tail_before, info.move_cess, info.noise, info.acceptance, res,
-        dead + info.num_dead, info.jump, info.num_divergent, failed + info.num_failed)
+        dead + info.num_dead, info.jump, info.num_divergent, failed + info.num_failed,
+        renewal=info.renewal)
 
 
 def _bridge(key, pop, cache, path, a, b, kernel, step_size, scale_fn, threshold, scheme, extra,
@@ -430,4 +468,4 @@ def advance(key, pop, cache, path, a, b, kernel, step_size, scale_fn, num_moves,
 
 
 __all__ = ["MoveInfo", "StageInfo", "SweepMove", "advance", "deaths", "failures", "jump",
-           "move", "reweight", "step", "step_waste_free", "worse"]
+           "move", "renewal", "reweight", "step", "step_waste_free", "worse"]

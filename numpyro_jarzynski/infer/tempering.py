@@ -124,7 +124,11 @@ class SMCInfo(NamedTuple):
     it (:mod:`numpyro_jarzynski.engine.preconditioner`); ``trial_index``: the candidate that
     ``move="auto"`` ran on a shadow copy of the stage to measure it (−1: none; its gradients
     are spent, its particles discarded), and ``trial_score`` its measured efficiency
-    (``min(jump, moves) × move_cess`` of the shadow stage; NaN: no trial).
+    (``min(renewal, 1) × move_cess`` of the shadow stage; NaN: no trial); ``renewal``: how far
+    the stage's moves decorrelated the log likelihood (what the next stage's weights are made
+    of), ``E_w(ℓ_end − ℓ_start)²/(2 Var_w ℓ_start)`` over the whole block of moves (about 1 for
+    a fresh draw, near 0 for moves that leave it where it was; the walkers' start values travel
+    with them through any resampling between moves).
     """
 
     beta: jax.Array
@@ -147,6 +151,7 @@ class SMCInfo(NamedTuple):
     mass_shrinkage: jax.Array
     trial_index: jax.Array
     trial_score: jax.Array
+    renewal: jax.Array
 
     @property
     def pareto_khat(self):
@@ -450,6 +455,7 @@ class _Moved(NamedTuple):
     num_divergent: jax.Array  # proposals that landed on a non-finite density
     tail_after: jax.Array  # record of the weights' tail at the end of the stage
     noise_share: jax.Array  # fraction of target_accept's Crooks noise allowed (_choose_beta)
+    renewal: jax.Array  # the moves' renewal of the log likelihood (SMCInfo; move="auto")
 
 
 def _move_stage(key, state, pop, disc, evaluate, config, kernel):
@@ -490,7 +496,8 @@ def _move_stage(key, state, pop, disc, evaluate, config, kernel):
     return _Moved(pop, cache, disc, beta_b, info.cess, info.move_cess, info.noise,
                   info.acceptance, info.resample, info.tail_before, info.num_dead,
                   info.num_failed, info.jump,
-                  info.num_divergent, tail_after, share), pooled
+                  info.num_divergent, tail_after, share,
+                  info.jump if info.renewal is None else info.renewal), pooled
 
 
 # The first step is tuned on this many independent prior draws, over this many rounds.
@@ -618,9 +625,9 @@ def _stage(state, evaluate, codec, config):
         first, second = (jax.tree.map(lambda a, t=t: a[t], both) for t in (0, 1))
 
         def measured(auto, j, moved, new_h):
-            # A jump is credited up to one fresh draw per move: farther is not more renewal
-            # but an unstable move (ULA thrown out of a funnel's neck jumped 10^4 spreads).
-            renewal = jnp.minimum(moved.jump, jnp.asarray(moves, moved.jump.dtype)[j])
+            # The log likelihood's renewal is credited up to one fresh draw: farther is not
+            # more renewal but an unstable move (ULA thrown out of a funnel's neck).
+            renewal = jnp.minimum(moved.renewal, 1.0)
             return AutoState(auto.step_size.at[j].set(new_h),
                              auto.score.at[j].set(_finite(renewal * moved.move_cess)),
                              auto.last.at[j].set(i))
@@ -658,6 +665,7 @@ def _stage(state, evaluate, codec, config):
         num_failed=moved.num_failed,
         jump=moved.jump, num_divergent=moved.num_divergent, move_index=idx,
         mass_shrinkage=shrinkage, trial_index=trial, trial_score=trial_score,
+        renewal=moved.renewal,
     )
     info = SMCInfo(*(jnp.asarray(v, jnp.int32 if f in INT_STAGE_FIELDS else ess.dtype)
                      for f, v in zip(STAGE_FIELDS, info)))
