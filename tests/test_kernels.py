@@ -243,7 +243,7 @@ def test_move_names_and_errors():
     assert K.Auto().moves_per_stage(2) == (10, 10, 2, 2)
 
 
-def _auto_rule(history, candidates, explore):
+def _auto_rule(history, candidates, moves_per_stage, explore):
     """The candidates ``move="auto"`` should have run and tried, replayed from the stage
     history: the population is moved by the best last score (min(renewal, 1) × move CESS),
     or by the first invariant candidate before any score exists; the trial (a shadow copy of
@@ -251,7 +251,10 @@ def _auto_rule(history, candidates, explore):
     stalest; never the moving one."""
     idx, trials = np.asarray(history.move_index), np.asarray(history.trial_index)
     k = len(candidates)
-    score = np.minimum(np.asarray(history.renewal), 1.0) * np.asarray(history.move_cess)
+    moves = np.asarray(moves_per_stage)[idx]
+    renewal = np.asarray(history.renewal)
+    renewal = np.where(np.isfinite(renewal), renewal, np.asarray(history.jump) / moves)
+    score = np.minimum(renewal, 1.0) * np.asarray(history.move_cess)
     first = next(j for j, c in enumerate(candidates) if c.invariant)
     last, best = np.full(k, -1), np.full(k, np.nan)
     want, want_trial = [], []
@@ -303,7 +306,8 @@ def test_auto_follows_its_rule_and_stays_exact():
     state = mcmc.last_state
     for c in range(runs):
         hist = jax.tree.map(lambda v, c=c: v[c], state.history)
-        want, got, want_trial, got_trial = _auto_rule(hist, auto.candidates, 3)
+        want, got, want_trial, got_trial = _auto_rule(
+            hist, auto.candidates, auto.moves_per_stage(2), 3)
         np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(got_trial, want_trial)
     # Every candidate is measured (the second on shadow copies, at stages 0, 2, 5, ...).

@@ -152,3 +152,5 @@ def test_renewal_is_the_net_decorrelation_of_the_likelihood_through_resampling()
     assert float(runs["still"].renewal) == 0.0
     # Two independent redraws: ℓ_end and ℓ_start independent, renewal 1 ± O(1/√N).
     assert abs(float(runs["fresh"].renewal) - 1.0) < 0.1
+    # A statistic that does not vary has no renewal to measure.
+    assert np.isnan(float(S.renewal(jnp.zeros(4), jnp.ones(4), jnp.arange(4.0))))

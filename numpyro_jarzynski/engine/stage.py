@@ -161,7 +161,8 @@ def jump(log_weights, x, x_new, scale):
 def renewal(log_weights, stat, stat_new):
     """``E_w(s' − s)²/(2 Var_w s)``: one move's squared jump of the target's statistic ``s``
     (tempering: the log likelihood, what the next stage's weights are made of) in units of its
-    spread (about 1 for a move that draws afresh). ``None`` where the target declares none."""
+    spread (about 1 for a move that draws afresh). ``None`` where the target declares none;
+    NaN where the statistic does not vary over the walkers (a model without a likelihood)."""
     if stat is None:
         return None
     w = jax.nn.softmax(jnp.where(jnp.isfinite(log_weights), log_weights, -jnp.inf))
@@ -170,7 +171,7 @@ def renewal(log_weights, stat, stat_new):
     mean = jnp.sum(w * s)
     var = jnp.sum(w * jnp.square(s - mean))
     sq = jnp.sum(w * jnp.square(jnp.where(ok, stat_new - stat, 0.0)))
-    return sq / jnp.maximum(2.0 * var, jnp.finfo(s.dtype).tiny)
+    return jnp.where(var > 0, sq / jnp.where(var > 0, 2.0 * var, 1.0), jnp.nan)
 
 
 def _statistic(target, cache):

@@ -128,7 +128,8 @@ class SMCInfo(NamedTuple):
     the stage's moves decorrelated the log likelihood (what the next stage's weights are made
     of), ``E_w(ℓ_end − ℓ_start)²/(2 Var_w ℓ_start)`` over the whole block of moves (about 1 for
     a fresh draw, near 0 for moves that leave it where it was; the walkers' start values travel
-    with them through any resampling between moves).
+    with them through any resampling between moves; NaN where the log likelihood does not vary
+    over the walkers, and then ``auto`` scores the coordinates' ``jump`` per move instead).
     """
 
     beta: jax.Array
@@ -627,7 +628,11 @@ def _stage(state, evaluate, codec, config):
         def measured(auto, j, moved, new_h):
             # The log likelihood's renewal is credited up to one fresh draw: farther is not
             # more renewal but an unstable move (ULA thrown out of a funnel's neck).
-            renewal = jnp.minimum(moved.renewal, 1.0)
+            # Where it is undefined (a likelihood that does not vary), the coordinates' jump
+            # per move stands in.
+            per_move = moved.jump / jnp.asarray(moves, moved.jump.dtype)[j]
+            renewal = jnp.minimum(jnp.where(jnp.isfinite(moved.renewal), moved.renewal,
+                                            per_move), 1.0)
             return AutoState(auto.step_size.at[j].set(new_h),
                              auto.score.at[j].set(_finite(renewal * moved.move_cess)),
                              auto.last.at[j].set(i))
