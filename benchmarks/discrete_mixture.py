@@ -375,7 +375,7 @@ def gmm(num_seeds=8, num_particles=2000, num_warmup=100, which="afgh"):
     import jax.numpy as jnp
     import numpy as np
 
-    from numpyro_jarzynski import MALA, UHMC, Gibbs
+    from numpyro_jarzynski import HMC, MALA, UHMC, Gibbs
 
     joint = Gibbs(collapse=False)  # the assignments sampled along the path (before 2026-12-02)
     settings = {
@@ -390,6 +390,11 @@ def gmm(num_seeds=8, num_particles=2000, num_warmup=100, which="afgh"):
         "e": ("move=[UHMC(), Gibbs()]", {"move": [UHMC(), Gibbs()]}),
         "i": ("budget_fill=None (the schedule before 2026-12-03)", {"budget_fill": None}),
         "j": ("budget_fill=0.8", {"budget_fill": 0.8}),
+        "k": ('move="auto" (with the collapsed Gibbs draw)', {"move": "auto"}),
+        "l": ("num_moves=10 (auto's gradients per stage, without its trials)",
+              {"num_moves": 10}),
+        "m": ('move=[HMC(), Gibbs()], num_moves=2 (auto\'s gradients per stage)',
+              {"move": [HMC(), Gibbs()], "num_moves": 2}),
     }
     args = (jnp.asarray(GMM_DATA),)
     for key in which:
