@@ -129,7 +129,8 @@ class SMCInfo(NamedTuple):
     of), ``E_w(ℓ_end − ℓ_start)²/(2 Var_w ℓ_start)`` over the whole block of moves (about 1 for
     a fresh draw, near 0 for moves that leave it where it was; the walkers' start values travel
     with them through any resampling between moves; NaN where the log likelihood does not vary
-    over the walkers, and then ``auto`` scores the coordinates' ``jump`` per move instead).
+    over the walkers or the stage does not measure it (waste-free stages, whose kept states
+    have no single start), and then ``auto`` scores the coordinates' ``jump`` per move).
     """
 
     beta: jax.Array
@@ -498,7 +499,8 @@ def _move_stage(key, state, pop, disc, evaluate, config, kernel):
                   info.acceptance, info.resample, info.tail_before, info.num_dead,
                   info.num_failed, info.jump,
                   info.num_divergent, tail_after, share,
-                  info.jump if info.renewal is None else info.renewal), pooled
+                  jnp.full((), jnp.nan, info.jump.dtype) if info.renewal is None
+                  else info.renewal), pooled
 
 
 # The first step is tuned on this many independent prior draws, over this many rounds.
