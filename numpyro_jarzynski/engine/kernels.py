@@ -413,7 +413,7 @@ class Auto:
     noise paid for it, at equal gradients. (The coordinates' squared jump,
     ``StageHistory.jump``, ranked moves wrongly: five small MALA steps add up five squared
     jumps whose net effect on the likelihood partly cancels, and a d = 50 Gaussian was
-    annealed by MALA where unadjusted HMC gives 0.66× its log-Z error.)
+    annealed by MALA where unadjusted HMC gives about 0.6× its log-Z error.)
     The score of a candidate is the one measured the last time it ran (the target changes
     along the path, so old scores are not averaged in). The population is moved by the
     best-scoring candidate (before any score exists, by the first invariant one). The others

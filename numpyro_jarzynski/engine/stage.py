@@ -159,9 +159,10 @@ def jump(log_weights, x, x_new, scale):
 
 
 def renewal(log_weights, stat, stat_new):
-    """``E_w(s' − s)²/(2 Var_w s)``: one move's squared jump of the target's statistic ``s``
-    (tempering: the log likelihood, what the next stage's weights are made of) in units of its
-    spread (about 1 for a move that draws afresh). ``None`` where the target declares none;
+    """``E_w(s' − s)²/(2 Var_w s)``: the squared jump of the target's statistic ``s`` from
+    ``stat`` to ``stat_new`` (:func:`move`: over its whole block of moves; tempering: the log
+    likelihood, what the next stage's weights are made of) in units of its spread (about 1
+    for moves that draw afresh). ``None`` where the target declares none;
     NaN where the statistic does not vary over the walkers (a model without a likelihood)."""
     if stat is None:
         return None
