@@ -223,7 +223,7 @@ def test_ess_driven_learning_rate_keeps_walkers_with_a_too_large_step():
     start (measured: test log-lik -25.7); with ``ess_lr=0.5`` the factor on the update falls to
     0.13-0.19, the running log Z stays within 1 nat of exact at every checkpoint and the model
     learns (-21.6, better than SGD at 0.2). At Adam 0.01 (walkers keep up) it stays near 1 and
-    changes nothing."""
+    changes the model by less than 0.35 nat of test log-lik (its warm-up's delay)."""
     model, train, test = digits(8, 500)
 
     exact = exact_log_z_and_test_ll(test)
@@ -250,9 +250,13 @@ def test_ess_driven_learning_rate_keeps_walkers_with_a_too_large_step():
     err_keep, ll_keep, keep = go(optax.adam(0.01), 0.5)
     # Neutral where the walkers keep up: at most an occasional halving, regrown by 10 % per
     # update (measured: final factors 1.0 on one machine; 0.73 and 1.0 on another, where one
-    # update's ESS dipped), the same model (test log-lik within 0.06 of plain Adam) and log Z.
+    # update's ESS dipped), the same log Z, and the model within the 0.35 nat of test log-lik
+    # that docs/ebm.md states. The warm-up from ESS_LR_START delays the first ~40 updates, so
+    # after 300 the braked model trails plain Adam by a machine-dependent amount: 0.06 on an
+    # Intel machine, 0.06–0.09 on the AMD EPYC at XLA's default optimisation, 0.22 there at the
+    # suite's -O0 (same keys; the rounding differs, and with it which updates dip).
     assert np.all(keep > 0.5), keep
-    assert np.all(np.abs(ll_keep - ll_adam) < 0.2), (ll_keep, ll_adam)
+    assert np.all(np.abs(ll_keep - ll_adam) < 0.35), (ll_keep, ll_adam)
     assert err_keep < 1.0, err_keep
     # The brake acts on the previous update's ESS: the first update has none, so the factor
     # starts at ESS_LR_START and warms up (on MNIST at lr 0.1 an unbraked first update cost
