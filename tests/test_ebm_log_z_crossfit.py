@@ -223,7 +223,7 @@ def test_ess_driven_learning_rate_keeps_walkers_with_a_too_large_step():
     start (measured: test log-lik -25.7); with ``ess_lr=0.5`` the factor on the update falls to
     0.13-0.19, the running log Z stays within 1 nat of exact at every checkpoint and the model
     learns (-21.6, better than SGD at 0.2). At Adam 0.01 (walkers keep up) it stays near 1 and
-    changes the model by less than 0.35 nat of test log-lik (its warm-up's delay)."""
+    changes nothing beyond its documented warm-up."""
     model, train, test = digits(8, 500)
 
     exact = exact_log_z_and_test_ll(test)
@@ -246,23 +246,26 @@ def test_ess_driven_learning_rate_keeps_walkers_with_a_too_large_step():
     assert err_on < 1.0, err_on
     assert np.all(ll_on > ll_off + 2.0) and np.all(ll_on > -22.5), (ll_on, ll_off)
     assert np.all(scale < 0.5), scale
-    _, ll_adam, _ = go(optax.adam(0.01), None)
+    from numpyro_jarzynski.ebm.trainer import ESS_LR_GROW, ESS_LR_START
+
+    # The factor starts with a warm-up (ESS_LR_START, ×ESS_LR_GROW per update up to 1); the
+    # baseline is plain Adam with that warm-up as its schedule, so that what is compared is
+    # the brake alone (the two runs are identical until the first ESS dip).
+    warm_up = lambda k: 0.01 * jnp.minimum(1.0, ESS_LR_START * ESS_LR_GROW ** k)
+    _, ll_adam, _ = go(optax.adam(warm_up), None)
     err_keep, ll_keep, keep = go(optax.adam(0.01), 0.5)
     # Neutral where the walkers keep up: at most an occasional halving, regrown by 10 % per
     # update (measured: final factors 1.0 on one machine; 0.73 and 1.0 on another, where one
-    # update's ESS dipped), the same log Z, and the model within the 0.35 nat of test log-lik
-    # that docs/ebm.md states. The warm-up from ESS_LR_START delays the first ~40 updates, so
-    # after 300 the braked model trails plain Adam by a machine-dependent amount: 0.06 on an
-    # Intel machine, 0.06–0.09 on the AMD EPYC at XLA's default optimisation, 0.22 there at the
-    # suite's -O0 (same keys; the rounding differs, and with it which updates dip).
+    # update's ESS dipped), the same model and log Z. Against plain Adam *without* the warm-up
+    # the gap after 300 updates is machine-dependent (0.06 on an Intel machine; 0.22 on the
+    # AMD EPYC at the suite's -O0, which failed a 0.2 bound); against the warm-up baseline it
+    # is 0.06 / 0.16 there (0.04 / 0.00 at XLA's default level).
     assert np.all(keep > 0.5), keep
-    assert np.all(np.abs(ll_keep - ll_adam) < 0.35), (ll_keep, ll_adam)
+    assert np.all(np.abs(ll_keep - ll_adam) < 0.2), (ll_keep, ll_adam)
     assert err_keep < 1.0, err_keep
     # The brake acts on the previous update's ESS: the first update has none, so the factor
     # starts at ESS_LR_START and warms up (on MNIST at lr 0.1 an unbraked first update cost
     # 125 nats of running log Z for good; docs/ebm.md).
-    from numpyro_jarzynski.ebm.trainer import ESS_LR_START
-
     warm = EBMTrainer(model, optax.sgd(1.0), num_walkers=16, num_init_stages=2, ess_lr=0.5)
     assert float(warm.init(jax.random.key(1), train).lr_scale) == pytest.approx(ESS_LR_START)
     with pytest.raises(ValueError, match="ess_lr needs method=\"jarzynski\""):
