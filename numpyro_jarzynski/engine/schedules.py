@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from numpyro_jarzynski.engine.weights import normalized_weights
+from numpyro_jarzynski.engine.weights import weighted_mean, weighted_std
 
 
 def linear(num_stages):
@@ -106,16 +106,11 @@ def remaining_length(log_w, log_lik, beta):
     """
     beta = jnp.asarray(beta)
     dtype = beta.dtype
-    W = normalized_weights(log_w)
-    live = W > 0
-    ll = jnp.where(live, log_lik, 0.0)
-    m = jnp.sum(W * ll)
-    c = jnp.where(live, ll - m, 0.0)
-    var = jnp.sum(W * c * c)
     tiny = jnp.finfo(dtype).tiny
-    sd = jnp.sqrt(jnp.maximum(var, tiny))
-    u = c / sd  # standardised, so that κ₃ = sd³ E[u³] cannot overflow (float32, spreads 1e13)
-    s = jnp.clip(beta * sd * jnp.sum(W * u * u * u) / 2, -1.0, 0.0)
+    sd = jnp.maximum(weighted_std(log_w, log_lik), jnp.sqrt(tiny))
+    u = (log_lik - weighted_mean(log_w, log_lik)) / sd  # standardised, so that κ₃ = sd³ E[u³]
+    # cannot overflow (float32, spreads of 1e13)
+    s = jnp.clip(beta * sd * weighted_mean(log_w, u * u * u) / 2, -1.0, 0.0)
     s = jnp.where(jnp.isfinite(s), s, 0.0)
     b = jnp.maximum(beta, tiny)
     near = (1 + s) < 1e-3  # s = -1: sd_β β log(1/β)

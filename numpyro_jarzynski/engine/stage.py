@@ -166,12 +166,10 @@ def renewal(log_weights, stat, stat_new):
     NaN where the statistic does not vary over the walkers (a model without a likelihood)."""
     if stat is None:
         return None
-    w = jax.nn.softmax(jnp.where(jnp.isfinite(log_weights), log_weights, -jnp.inf))
-    ok = jnp.isfinite(stat) & jnp.isfinite(stat_new) & (w > 0)
-    s = jnp.where(ok, stat, 0.0)
-    mean = jnp.sum(w * s)
-    var = jnp.sum(w * jnp.square(s - mean))
-    sq = jnp.sum(w * jnp.square(jnp.where(ok, stat_new - stat, 0.0)))
+    ok = jnp.isfinite(stat) & jnp.isfinite(stat_new) & jnp.isfinite(log_weights)
+    lw = jnp.where(ok, log_weights, -jnp.inf)  # walkers with a finite value at both ends
+    var = jnp.square(W.weighted_std(lw, stat))
+    sq = W.weighted_mean(lw, jnp.square(stat_new - stat))
     return jnp.where(var > 0, sq / jnp.where(var > 0, 2.0 * var, 1.0), jnp.nan)
 
 
