@@ -17,17 +17,30 @@ persistent chains = the minibatch), one Gibbs sweep per walker per update:
   walkers) compiled alone, as sweeps per CPU-second, and each method's throughput as a
   fraction of it.
 
-BLAS threads are matched: XLA runs single-threaded (``XLA_FLAGS`` set below, before JAX is
-imported) and NumPy's BLAS is limited to one thread with ``threadpoolctl``, so CPU seconds
-compare like with like on a shared machine. Methods are interleaved repeat by repeat.
+Threads are matched: the whole process is pinned to one core before JAX starts
+(``RBM_BENCH_CORES``, default 1; 0 leaves the affinity alone), Eigen's products are
+single-threaded (``XLA_FLAGS``) and NumPy's BLAS is limited to one thread with
+``threadpoolctl``, so CPU seconds compare like with like on a shared machine (unpinned, XLA's
+runtime used a second thread: 1.7 CPU-seconds per wall-second). Methods are interleaved
+repeat by repeat.
 
     python benchmarks/rbm_vs_sklearn.py [--updates 200] [--repeats 3] [--sizes 784x500,64x16]
+                                        [--methods jarzynski,jarzynski-crossfit,pcd,cd]
 """
 
 import os
 
-os.environ.setdefault(
-    "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+# One core for the whole process, set before JAX starts its thread pools. The flag above keeps
+# Eigen's matrix products single-threaded, but XLA's CPU runtime still runs independent ops of
+# a program on a second thread: unpinned, our runs used 1.7 CPU-seconds per wall-second, so
+# "per CPU-second" charged them for a second core that scikit-learn (one BLAS thread) did not
+# get. Pinned, every method runs on one core and CPU time equals wall time (checked in the
+# output: both columns are printed). RBM_BENCH_CORES=0 leaves the affinity alone.
+_CORES = os.environ.get("RBM_BENCH_CORES", "1")
+
+if int(_CORES) > 0 and hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:int(_CORES)])
 
 import argparse
 import platform
@@ -140,16 +153,19 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--sizes", default="784x500,64x16")
     p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--methods", default="jarzynski,jarzynski-crossfit,pcd,cd",
+                   help="our methods to time (scikit-learn and the GEMM floor always run)")
     args = p.parse_args(argv)
     print(f"# rbm_vs_sklearn: walkers {args.walkers}, {args.updates} updates per chunk, best "
-          f"of {args.repeats}; compile excluded; XLA single-threaded, NumPy BLAS 1 thread; "
-          f"jax {jax.__version__}, {platform.machine()}, {os.cpu_count()} CPUs")
+          f"of {args.repeats}; compile excluded; NumPy BLAS 1 thread, Eigen 1 thread, process "
+          f"pinned to {len(os.sched_getaffinity(0))} of {os.cpu_count()} cores; "
+          f"jax {jax.__version__}, {platform.machine()}")
     with threadpool_limits(limits=1):
         for size in args.sizes.split(","):
             n_v, n_h = map(int, size.split("x"))
             data = data_for(n_v)
             runners = {m: Ours(m, n_v, n_h, data, args.walkers, args.updates, args.lr)
-                       for m in ("jarzynski", "jarzynski-crossfit", "pcd", "cd")}
+                       for m in args.methods.split(",")}
             runners["sklearn"] = Sklearn(n_h, data, args.walkers, args.updates, args.lr)
             runners["gemm floor"] = Floor(n_v, n_h, args.walkers, args.updates)
             best = {m: (np.inf, np.inf) for m in runners}
