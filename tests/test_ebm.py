@@ -115,6 +115,24 @@ def test_gibbs_sweeps_leave_their_target_invariant():
     assert np.all(np.abs(freq - p1) < 5 * np.sqrt(np.asarray(p1) * (1 - np.asarray(p1)) / n) + 1e-4)
 
 
+def test_block_gibbs_draws_are_jax_random_bernoulli_bit_for_bit():
+    """The sweep takes its uniforms from engine.noise (the hash written out, faster on CPU):
+    the units must be exactly what jax.random.bernoulli gives for the same keys."""
+    rbm = BernoulliRBM(*_rbm(30, 20, 3.0, seed=4))
+    v = (jax.random.uniform(jax.random.key(0), (64, 30)) < 0.5).astype(jnp.float32)
+
+    def reference(key, v):
+        k_h, k_v = jax.random.split(key)
+        h = jax.random.bernoulli(k_h, jax.nn.sigmoid(rbm.hidden_logits(v))).astype(v.dtype)
+        logits = rbm.visible_bias + h @ rbm.weights.T
+        return jax.random.bernoulli(k_v, jax.nn.sigmoid(logits)).astype(v.dtype)
+
+    for key in (jax.random.key(7), jax.random.PRNGKey(7)):
+        out = jax.jit(rbm.block_gibbs)(key, v)
+        np.testing.assert_array_equal(out, reference(key, v))
+        assert 0.2 < float(out.mean()) < 0.8  # not a constant
+
+
 def test_annealing_from_base_gives_rbm_log_partition():
     rbm = BernoulliRBM(*_rbm(8, 4, 1.0, seed=3))
     keys = jax.random.split(jax.random.key(5), 16)
