@@ -26,6 +26,10 @@ repeat by repeat.
 
     python benchmarks/rbm_vs_sklearn.py [--updates 200] [--repeats 3] [--sizes 784x500,64x16]
                                         [--methods jarzynski,jarzynski-crossfit,pcd,cd]
+
+``--methods`` also takes ``jarzynski-crossfit/k``: the cross-fitted trainer with a witness of
+``walkers // k`` walkers (``num_log_z_walkers``; its log-Z accuracy against the witness size
+is ``benchmarks/ebm_witness_size.py``).
 """
 
 import os
@@ -70,8 +74,11 @@ class Ours:
         # "jarzynski": log_z="shared", the gradient walkers only. "jarzynski-crossfit": the
         # default cross-fitted log Z, which also moves and reweights a witness population of
         # the same size.
+        # "jarzynski-crossfit/k": a witness of walkers // k (num_log_z_walkers).
         extra = {"log_z": "shared"} if method == "jarzynski" else {}
-        method = "jarzynski" if method == "jarzynski-crossfit" else method
+        if method.startswith("jarzynski-crossfit/"):
+            extra = {"num_log_z_walkers": walkers // int(method.split("/")[1])}
+        method = "jarzynski" if method.startswith("jarzynski-crossfit") else method
         self.trainer = EBMTrainer(bernoulli_rbm_model(data, n_h), optax.sgd(lr), method=method,
                                   num_walkers=walkers, num_moves=1, num_init_stages=5, **extra)
         self.data, self.walkers, self.updates = jnp.asarray(data), walkers, updates
