@@ -159,7 +159,7 @@ def test_a_negligible_weight_is_dead_and_cannot_be_resurrected():
 
 
 @pytest.mark.parametrize("raw", [False, True])
-def test_noise_split_uniform_bits_are_jax_random_bit_for_bit(raw):
+def test_noise_split_uniform_bits_bernoulli_are_jax_random_bit_for_bit(raw):
     """The engine's written-out threefry (engine.noise) is what jax.random gives for the same
     key, eagerly, under jit and under vmap, so swapping it in changes no stream."""
     from numpyro_jarzynski.engine import noise
@@ -177,6 +177,8 @@ def test_noise_split_uniform_bits_are_jax_random_bit_for_bit(raw):
                                           jax.random.bits(key, shape, jnp.uint32))
             np.testing.assert_array_equal(noise.uniform(key, shape),
                                           jax.random.uniform(key, shape, jnp.float32))
+            p = jax.random.uniform(jax.random.key(99), shape)
+            np.testing.assert_array_equal(noise.bernoulli(key, p), jax.random.bernoulli(key, p))
             # Other bounds: the same affine map, which XLA may fuse into an FMA (an ulp of hi − lo).
             np.testing.assert_allclose(noise.uniform(key, shape, jnp.float32, -2.0, 3.0),
                                        jax.random.uniform(key, shape, jnp.float32, -2.0, 3.0),

@@ -32,6 +32,8 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 from numpyro.distributions.util import promote_shapes
 
+from numpyro_jarzynski.engine import noise
+
 
 class _Spins(constraints._SingletonConstraint):
     """Arrays of ±1 spins with two event dimensions (the lattice)."""
@@ -137,7 +139,7 @@ class IsingLattice(dist.Distribution):
         h = jnp.asarray(self.field)[..., None, None]
 
         def draw(key, s):
-            up = jax.random.uniform(key, s.shape) < jax.nn.sigmoid(
+            up = noise.uniform(key, s.shape) < jax.nn.sigmoid(
                 2.0 * beta * (k * neighbour_sum(s) + h))
             return jnp.where(up, 1.0, -1.0)
 
@@ -186,7 +188,7 @@ def _checkerboard_sweep(rng_key, value, lattice_shape, draw):
         mask = jnp.where(colour == 0, even, ~even)
         return jnp.where(mask, draw(key, s).astype(s.dtype), s), None
 
-    value, _ = jax.lax.scan(half, value, (jnp.arange(2), jax.random.split(rng_key, 2)))
+    value, _ = jax.lax.scan(half, value, (jnp.arange(2), noise.split(rng_key, 2)))
     return value
 
 

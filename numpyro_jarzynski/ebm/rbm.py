@@ -40,11 +40,9 @@ MAX_ENUMERATED_UNITS = 20
 
 def _bernoulli(key, logits):
     """``jax.random.bernoulli(key, sigmoid(logits))`` bit for bit, with the uniforms of
-    :func:`numpyro_jarzynski.engine.noise.uniform` (the same threefry bits, hashed about 10×
-    faster on CPU): the block-Gibbs sweep draws one uniform per unit, and at 64 × 16 the
-    rolled hash cost more than the sweep's products."""
-    p = jax.nn.sigmoid(logits)
-    return noise.uniform(key, p.shape, p.dtype) < p
+    :mod:`numpyro_jarzynski.engine.noise` (the same threefry bits, hashed about 10× faster on
+    CPU): a block-Gibbs sweep draws one per unit."""
+    return noise.bernoulli(key, jax.nn.sigmoid(logits))
 
 
 def _all_binary(n, dtype):
@@ -155,7 +153,7 @@ class BernoulliRBM(_RBM):
         """
         v = jnp.asarray(value, self.weights.dtype)
         beta = jnp.asarray(beta, v.dtype)
-        u = jax.random.uniform(rng_key, (self.num_visible,) + v.shape[:-1], v.dtype)
+        u = noise.uniform(rng_key, (self.num_visible,) + v.shape[:-1], v.dtype)
         a = self.hidden_logits(v)
 
         def body(carry, inp):

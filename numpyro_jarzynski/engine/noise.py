@@ -123,6 +123,14 @@ def uniform(key, shape=(), dtype=None, minval=0.0, maxval=1.0):
     return jnp.maximum(lo, _unit(b1 ^ b2) * (hi - lo) + lo)
 
 
+def bernoulli(key, p):
+    """``jax.random.bernoulli(key, p)`` for an array ``p`` of probabilities, bit for bit
+    (threefry keys, float32 ``p``; it is ``uniform(key, p.shape) < p``, as in JAX). The
+    block-Gibbs sweeps of RBMs and lattices draw one per unit."""
+    p = jnp.asarray(p)
+    return uniform(key, p.shape, p.dtype) < p
+
+
 def normal(key, shape, dtype=None):
     """Standard normal draws of ``shape``: Box–Muller on both words of ``⌈size/2⌉`` threefry
     blocks (exact; a different stream from ``jax.random.normal``, deterministic in the key).
