@@ -31,7 +31,7 @@ Subcommands (``python benchmarks/discrete_mixture.py CMD``):
 * ``toy``: ``JarzynskiSMC(model, num_particles=1000, move=[MALA(), Gibbs(...)])``, configs
   ``collapsed:n`` (B summed out of the path, the default ``Gibbs()``), ``plate:n`` /
   ``coordinate:n`` (B sampled along the path: ``collapse=False``);
-* ``gmm``: the GMM settings (a)–(j) (``--gmm`` picks them: ``i`` is the schedule before ``budget_fill``).
+* ``gmm``: the GMM settings (a)–(m) (``--gmm`` picks them: ``i`` is the schedule before ``budget_fill``), with the moves' renewal of the log likelihood below and from β = 0.5.
 
 SMC timings: the kernel's own ``init`` + ``sample`` loop (what ``MCMC.run`` runs, chains
 vmapped as with ``chain_method="vectorized"``) is compiled ahead of time with
@@ -408,7 +408,14 @@ def gmm(num_seeds=8, num_particles=2000, num_warmup=100, which="afgh"):
         wide = np.sum(w * (np.asarray(st.z["scale"]) > 1.2), axis=-1)
         locs = np.asarray(st.z["locs"])
         order = np.sum(w * (locs[..., 0] < locs[..., 1]), axis=-1)
+        # The moves' renewal of the log likelihood per stage (StageHistory.renewal, the
+        # statistic move="auto" scores), median over the stages below / from β = 0.5, then
+        # over seeds: where along the path the moves fall short.
+        ren, beta = np.asarray(st.history.renewal), np.asarray(st.history.beta)
+        band = [np.nanmedian(np.where(m, ren, np.nan), axis=-1) for m in (beta < 0.5, beta >= 0.5)]
         out = {"setting": key, "label": label, "wide_mass": wide.round(3).tolist(),
+               "renewal_beta_below_half": float(np.nanmedian(band[0])),
+               "renewal_beta_from_half": float(np.nanmedian(band[1])),
                "label_mass": order.round(3).tolist(), "log_z": lz.tolist(), "mean": float(lz.mean()),
                "sd": float(lz.std(ddof=1)), "min": float(lz.min()), "max": float(lz.max()),
                "bias": float(lz.mean() - GMM_REF), **r}
