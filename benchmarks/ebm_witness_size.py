@@ -19,22 +19,20 @@ population, with several independent runs per size (vmapped through one compiled
 
 import argparse
 import os
+import pathlib
 import platform
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from sklearn.datasets import load_digits
 
 from numpyro_jarzynski.ebm import BernoulliRBM, EBMTrainer, bernoulli_rbm_model
 
-
-def digits(n_train=1500, seed=0):
-    x = (load_digits().data > 7).astype(np.float32)
-    perm = np.random.default_rng(seed).permutation(len(x))
-    return jnp.asarray(x[perm[:n_train]]), jnp.asarray(x[perm[n_train:]])
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "examples"))
+from rbm_digits import load_data  # the example's data: 1500 train images
 
 
 @jax.jit
@@ -42,6 +40,12 @@ def digits(n_train=1500, seed=0):
 def exact(params):
     rbm = BernoulliRBM(params["W"], params["b"], params["c"])
     return rbm.log_partition()
+
+
+def log_z_error(trainer, states):
+    """The witness's running log Z minus the exact log Z, per run."""
+    running = jax.vmap(lambda w: w.log_evidence)(states.witness)
+    return np.asarray(running - exact(jax.vmap(trainer.constrain)(states.params)))
 
 
 def main(argv=None):
@@ -57,7 +61,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     lr = args.lr or (0.01 if args.optimizer == "adam" else 0.1)
     opt = optax.adam(lr) if args.optimizer == "adam" else optax.sgd(lr)
-    train, _ = digits()
+    train, _ = load_data()
     model = bernoulli_rbm_model(train, args.hidden)
     sizes = [int(s) for s in args.witness.split(",")]
     print(f"# ebm_witness_size: digits RBM {train.shape[1]}x{args.hidden}, {args.walkers} "
@@ -72,17 +76,14 @@ def main(argv=None):
         states = jax.tree.map(lambda *a: jnp.stack(a), *[tr.init(k, train) for k in keys])
         run = jax.jit(jax.vmap(lambda s, tr=tr: tr.steps(s, train, args.chunk, 100)))
         run = run.lower(states).compile()
-        errs = [np.asarray(jax.vmap(lambda w: w.log_evidence)(states.witness)
-                           - exact(jax.vmap(tr.constrain)(states.params)))]
-        setups[n] = {"trainer": tr, "run": run, "states": states, "errs": errs, "cpu": 0.0}
+        setups[n] = {"trainer": tr, "run": run, "states": states,
+                     "errs": [log_z_error(tr, states)], "cpu": 0.0}
     for _ in range(args.updates // args.chunk):  # sizes interleaved chunk by chunk
         for n, s in setups.items():
             c0 = time.process_time()
             s["states"], _ = jax.block_until_ready(s["run"](s["states"]))
             s["cpu"] += time.process_time() - c0
-            tr, st = s["trainer"], s["states"]
-            s["errs"].append(np.asarray(jax.vmap(lambda w: w.log_evidence)(st.witness)
-                                        - exact(jax.vmap(tr.constrain)(st.params))))
+            s["errs"].append(log_z_error(s["trainer"], s["states"]))
     base = None
     print(f"\n{'witness':>8s} {'max |err|':>10s} {'end bias':>9s} {'end sd':>7s} "
           f"{'CPU ms/update/run':>18s} {'/ full witness':>15s}")

@@ -38,13 +38,6 @@ from numpyro_jarzynski.engine import noise
 MAX_ENUMERATED_UNITS = 20
 
 
-def _bernoulli(key, logits):
-    """``jax.random.bernoulli(key, sigmoid(logits))`` bit for bit, with the uniforms of
-    :mod:`numpyro_jarzynski.engine.noise` (the same threefry bits, hashed about 10× faster on
-    CPU): a block-Gibbs sweep draws one per unit."""
-    return noise.bernoulli(key, jax.nn.sigmoid(logits))
-
-
 def _all_binary(n, dtype):
     return jnp.asarray(np.array(list(itertools.product([0, 1], repeat=n))), dtype)
 
@@ -100,7 +93,8 @@ class _RBM(EnergyBasedDistribution):
         return self.hidden_bias + self._scaled(v) @ self.weights
 
     def sample_hidden(self, rng_key, v):
-        return _bernoulli(rng_key, self.hidden_logits(v)).astype(v.dtype)
+        # engine.noise: jax.random.bernoulli's draws bit for bit, the threefry hash unrolled
+        return noise.bernoulli(rng_key, jax.nn.sigmoid(self.hidden_logits(v))).astype(v.dtype)
 
     def block_gibbs(self, rng_key, v):
         """One sweep ``h ~ p(h|v)``, ``v ~ p(v|h)``: exact, invariant for ``p(v)``."""
@@ -133,7 +127,7 @@ class BernoulliRBM(_RBM):
 
     def sample_visible(self, rng_key, h):
         logits = self.visible_bias + h @ self.weights.T
-        return _bernoulli(rng_key, logits).astype(h.dtype)
+        return noise.bernoulli(rng_key, jax.nn.sigmoid(logits)).astype(h.dtype)
 
     def tempering_base(self):
         return dist.Bernoulli(logits=self.visible_bias).to_event(1)
