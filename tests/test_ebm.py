@@ -188,19 +188,26 @@ class _MovesAt(NamedTuple):
         return self.path.target(self.at)
 
 
-def _follow_path(key, make, thetas, x0, num_moves, step_size, correct_order=True):
+#: the trainer's two exact orders and the biased one (moves with θ_{k+1}, then the work)
+ORDERS = ("move_first", "witness", "biased")
+
+
+def _follow_path(key, make, thetas, x0, num_moves, step_size, order="move_first"):
     """Walkers along fn_{θ_0} → … → fn_{θ_K} with the trainer's stage
-    (:func:`walkers.advance`: move with θ_k, reweight at the moved state by
-    log γ_{k+1} − log γ_k, resample on low ESS). ``correct_order=False`` moves with θ_{k+1}
-    before reweighting (the biased order), in the same stage."""
+    (:func:`walkers.advance`). ``"move_first"`` (the gradient walkers): move with θ_k,
+    reweight at the moved state by log γ_{k+1} − log γ_k, resample on low ESS. ``"witness"``
+    (``move_first=False``, the cross-fitted witness): reweight at the walkers, move with
+    θ_{k+1}, resample on low ESS. ``"biased"`` moves with θ_{k+1} before reweighting at the
+    moved state, in the same stage."""
     pop = Population(x0, jnp.zeros(x0.shape[0]), jnp.zeros(()))
     unit = jnp.ones(x0.shape[1:])
 
     def body(pop, inp):
         k, theta_a, theta_b = inp
         fn_a, fn_b = make(theta_a), make(theta_b)
-        if correct_order:
-            pop, _ = WK.advance(k, pop, fn_a, fn_b, num_moves, step_size, 0.5)
+        if order != "biased":
+            pop, _ = WK.advance(k, pop, fn_a, fn_b, num_moves, step_size, 0.5,
+                                move_first=order == "move_first")
         else:
             path = _MovesAt(WK.parameter_path(fn_b), fn_b)
             pop, _, _, _, _ = S.advance(k, pop, None, path, fn_a, fn_b, WK.kernel(fn_b),
@@ -214,9 +221,11 @@ def _follow_path(key, make, thetas, x0, num_moves, step_size, correct_order=True
     return pop.log_evidence, W.weighted_mean(pop.log_weights, pop.x)
 
 
-def test_jarzynski_weights_along_gaussian_parameter_path():
-    """ULA walkers (Crooks increments) along U_k = |x − m_k|²/(2 s_k²) with base N(0, 2²):
-    log Z_K/Z_0 and the mean at the end match the closed forms within Monte Carlo error."""
+@pytest.mark.parametrize("order", ORDERS[:2])
+def test_jarzynski_weights_along_gaussian_parameter_path(order):
+    """ULA walkers (Crooks increments) along U_k = |x − m_k|²/(2 s_k²) with base N(0, 2²),
+    in both of the trainer's orders: log Z_K/Z_0 and the mean at the end match the closed
+    forms within Monte Carlo error."""
     tau = 2.0
     base = dist.Normal(0.0, tau).expand([2]).to_event(1)
     K = 30
@@ -238,7 +247,7 @@ def test_jarzynski_weights_along_gaussian_parameter_path():
         k0, k1 = jax.random.split(key)
         mean0, sd0 = post(thetas[0])
         x0 = mean0 + sd0 * jax.random.normal(k0, (256, 2))
-        return _follow_path(k1, make, thetas, x0, 2, 0.05)
+        return _follow_path(k1, make, thetas, x0, 2, 0.05, order)
 
     lz, mean = jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(7), 16))
     err = np.asarray(lz) - float(log_z(thetas[-1]) - log_z(thetas[0]))
@@ -248,7 +257,8 @@ def test_jarzynski_weights_along_gaussian_parameter_path():
 
 
 def test_jarzynski_weights_along_rbm_parameter_path_and_the_biased_order():
-    """Block Gibbs walkers along a path of small RBMs (exact log Z, E[v] by enumeration)."""
+    """Block Gibbs walkers along a path of small RBMs (exact log Z, E[v] by enumeration):
+    exact in the trainer's two orders, biased when the moves with θ_{k+1} come first."""
     W0, b0, c0 = _rbm(5, 3, 0.5, seed=4)
     W1, b1, c1 = _rbm(5, 3, 2.0, seed=5)
     K = 8
@@ -259,25 +269,32 @@ def test_jarzynski_weights_along_rbm_parameter_path_and_the_biased_order():
     def make(th):
         return BernoulliRBM(*th)
 
-    def run(key, correct):
+    def run(key, order):
         k0, k1 = jax.random.split(key)
         p0 = jax.nn.softmax(-make((W0, b0, c0)).free_energy(v))
         x0 = v[jax.random.categorical(k0, jnp.log(p0), shape=(256,))]
-        return _follow_path(k1, make, thetas, x0, 1, 0.0, correct)
+        return _follow_path(k1, make, thetas, x0, 1, 0.0, order)
 
     exact_lz = float(make((W1, b1, c1)).log_partition() - make((W0, b0, c0)).log_partition())
     exact_mean = jax.nn.softmax(-make((W1, b1, c1)).free_energy(v)) @ v
     keys = jax.random.split(jax.random.key(11), 24)
-    for correct in (True, False):
-        lz, mean = jax.jit(jax.vmap(lambda k, c=correct: run(k, c)))(keys)
+    for order in ORDERS:
+        lz, mean = jax.jit(jax.vmap(lambda k, o=order: run(k, o)))(keys)
         err = np.asarray(lz) - exact_lz
         tol = 4 * err.std(ddof=1) / np.sqrt(len(err)) + 0.005
-        if correct:
+        if order != "biased":
             assert abs(err.mean()) < tol, (err.mean(), tol)
             m_err = np.asarray(mean) - np.asarray(exact_mean)
             assert np.all(np.abs(m_err.mean(0)) < 4 * m_err.std(0, ddof=1) / np.sqrt(24) + 0.005)
         else:
             assert abs(err.mean()) > tol, (err.mean(), tol)  # moving with θ_{k+1} first is biased
+    fn = make((W0, b0, c0))
+    pop = Population(v[:4], jnp.zeros(4), jnp.zeros(()))
+    for order in ({"move_first": True, "resample_last": True},
+                  {"resample_last": True, "waste_free": True}):
+        with pytest.raises(ValueError, match="choose one order"):
+            S.advance(jax.random.key(0), pop, None, WK.parameter_path(fn), fn, fn,
+                      WK.kernel(fn), 0.0, lambda p: (jnp.ones(5), None), 1, 0.5, **order)
 
 
 def test_bernoulli_rbm_as_latent_site_gives_exact_log_partition():

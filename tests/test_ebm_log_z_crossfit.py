@@ -198,6 +198,30 @@ def test_crossfit_learns_the_same_parameters_as_shared_and_warns_through_run():
         EBMTrainer(rbm_model, optax.sgd(0.1), method="pcd", log_z="crossfit")
 
 
+def test_witness_update_shares_its_work_product_with_its_sweep():
+    """The witness's stage (work at the walkers, sweep at θ_{k+1}, then the resampling check)
+    costs three walker-sized products per update: ``v W_a`` and ``v W_b`` for the work, the
+    second half-sweep ``h W_bᵀ``; the first half-sweep's ``v W_b`` is the work's, computed
+    once. (Work after the sweep, as the gradient walkers do it, costs four.) Counted in the
+    compiled update of a 13 × 7 RBM with 11 gradient walkers, 9 witness walkers, batch 5."""
+    import re
+
+    rng = np.random.default_rng(0)
+    data = jnp.asarray((rng.uniform(size=(40, 13)) < 0.3).astype(np.float32))
+    trainer = EBMTrainer(bernoulli_rbm_model(data, 7), optax.sgd(0.01), num_walkers=11,
+                         num_log_z_walkers=9, num_init_stages=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = trainer.run(jax.random.key(0), 1, data, batch_size=5, progress_bar=False)
+    hlo = jax.jit(lambda s: trainer.steps(s, data, 2, batch_size=5)).lower(
+        res.state).compile().as_text()
+    shapes = re.findall(r"= f32\[([0-9,]+)\]\{[0-9,]*\} dot\(", hlo)
+    count = {s: shapes.count(s) for s in ("9,7", "9,13", "11,7", "11,13", "13,7", "5,7")}
+    # witness: 2 + 1; gradient walkers: the gradient's forward (= the first half-sweep), the
+    # work's two, the second half-sweep, the gradient's backward; the data: forward, backward.
+    assert count == {"9,7": 2, "9,13": 1, "11,7": 3, "11,13": 1, "13,7": 2, "5,7": 1}, count
+
+
 def main():
     import time
 

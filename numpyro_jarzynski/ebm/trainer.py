@@ -45,11 +45,14 @@ updates) the walkers' own running ``log Z`` ends 9.9 nats below exact (9.5 under
 Running ``log Z`` by cross-fitting (``log_z="crossfit"``, the default for ``jarzynski``):
 two populations. The *gradient* walkers (``num_walkers``; ``TrainState.walkers``) give the
 model expectation and are moved and reweighted as above; the *witness* walkers
-(``num_log_z_walkers``, default ``num_walkers``; ``TrainState.witness``) are moved with the
-same kernel at ``θ_k`` and get the same work ``log γ_{θ_{k+1}} − log γ_{θ_k}``, but never
-enter a gradient. The parameter path ``θ_0, θ_1, …`` is then fixed without them, so the
-witness is an ordinary SMC run along a given path and its evidence is unbiased for
-``log Z_θ`` (exactly, given the path). Roles are fixed, not alternating: a population that
+(``num_log_z_walkers``, default ``num_walkers``; ``TrainState.witness``) get the same work
+``log γ_{θ_{k+1}} − log γ_{θ_k}`` and the same kernel, but never enter a gradient. The
+parameter path ``θ_0, θ_1, …`` is then fixed without them, so the witness is an ordinary
+SMC run along a given path and its evidence is unbiased for ``log Z_θ`` (exactly, given the
+path). For the same reason the witness need not keep the gradient walkers' order: it takes
+the work at its walkers as they are, then moves with ``θ_{k+1}``, then checks the ESS (the
+stage's ``resample_last`` order), so that an RBM's work and first half-sweep share the
+product ``v W_{k+1}`` (three walker-sized products per update instead of four). Roles are fixed, not alternating: a population that
 had chosen ``θ_{k+1}`` carries that bias in its weights into every later step. The
 witness's evidence is ``history["log_z"]`` and the cross-entropy (and
 :meth:`EBMTrainer.log_z`); the gradient walkers' own is ``history["log_z_grad"]``. The
@@ -556,12 +559,16 @@ class EBMTrainer:
                 # Cross-fitting: the witness took no part in choosing θ_{k+1} (the gradient
                 # above read the gradient population only), so its work log γ_{k+1} − log γ_k
                 # is an ordinary annealing increment along a path fixed without it, and its
-                # evidence is unbiased for log Z_θ. Same kernel, same work, its own key.
+                # evidence is unbiased for log Z_θ. Same kernel, same work, its own key; any
+                # exact order will do, so the work comes first (at the walkers as they are),
+                # then the moves with θ_{k+1}, then the ESS check: the work's v W_{k+1} is the
+                # sweep's first half-sweep, one product instead of two.
                 witness = state.witness
                 log_z_k = witness.log_evidence
                 witness, winfo = WK.advance(jax.random.fold_in(k_move, 1), witness, fn_k,
                                             fn_next, self.num_moves, self.step_size,
-                                            self.resample_threshold, self.resampling)
+                                            self.resample_threshold, self.resampling,
+                                            move_first=False)
                 dead = dead + winfo.num_failed
                 bad_walkers = bad_walkers | ~jnp.any(jnp.isfinite(witness.log_weights))
                 ess_log_z = winfo.resample.ess_before

@@ -77,15 +77,23 @@ def parameter_increment(fn_a, fn_b, x):
 
 
 def advance(key, pop, fn_a, fn_b, num_moves, step_size, resample_threshold,
-            resampling="systematic"):
-    """The walkers' part of a training update ``θ_a → θ_b``: ``num_moves`` moves with the
-    kernel of ``fn_a`` (no resampling between them), the work ``log γ_b − log γ_a`` at the
-    moved walkers, a resampling check, dead walkers revived at a live position.
+            resampling="systematic", move_first=True):
+    """The walkers' part of a training update ``θ_a → θ_b``, dead walkers revived at a live
+    position at the end. Returns ``(pop, StageInfo)``.
 
-    Returns ``(pop, StageInfo)``."""
-    pop, _, _, _, info = S.advance(key, pop, None, parameter_path(fn_a), fn_a, fn_b, kernel(fn_a), step_size,
-                                   _unit_scale, num_moves, resample_threshold, resampling,
-                                   move_first=True)
+    * ``move_first=True`` (walkers whose gradient chose ``θ_b``): ``num_moves`` moves with
+      the kernel of ``fn_a`` (no resampling between them), then the work
+      ``log γ_b − log γ_a`` at the moved walkers, then a resampling check;
+    * ``move_first=False`` (walkers that took no part in choosing ``θ_b``: the cross-fitted
+      witness): the work at the walkers as they are, the moves with the kernel of ``fn_b``,
+      then a resampling check (the stage's ``resample_last`` order). For an RBM the work's
+      ``v W_b`` is also the sweep's first half-sweep, so a stage costs three walker-sized
+      products instead of four."""
+    kern = kernel(fn_a) if move_first else kernel(fn_b)
+    pop, _, _, _, info = S.advance(key, pop, None, parameter_path(fn_a), fn_a, fn_b, kern,
+                                   step_size, _unit_scale, num_moves, resample_threshold,
+                                   resampling, move_first=move_first,
+                                   resample_last=not move_first)
     return pop, info
 
 

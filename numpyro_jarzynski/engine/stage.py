@@ -391,6 +391,33 @@ def _move_then_reweight(key, pop, cache, path, a, b, kernel, step_size, scale_fn
         renewal=info.renewal)
 
 
+def _reweight_then_move(key, pop, cache, path, a, b, kernel, step_size, scale_fn, num_moves,
+                        threshold, scheme, extra, hook, hook_first):
+    """The work ``a → b`` at the walkers, moves at ``γ_b`` (no resampling between them), then
+    a resampling check. Valid wherever the default order is (the weights are proper for
+    ``γ_b`` after the work, and the moves keep them so); what it buys is that the work's
+    evaluation at ``b`` and the first move's read the same walkers, so XLA computes their
+    common products once (an RBM's ``v W_b``: the work's free energy and the first
+    half-sweep). A resampling between them (a ``lax.cond``) keeps them apart."""
+    k_move, k_res = Z.split(key)
+    if cache is None and _shared(path):
+        cache = _evaluate(path.target(a), extra, pop.x)
+    pop, cess, dead, failed = reweight(pop, path.increment(pop.x, cache, a, b))
+    tail_before = W.weight_tail(pop.log_weights)
+    cache = cache if _shared(path) else None
+    if cache is None and kernel is not None:
+        cache = _evaluate(path.target(b), extra, pop.x)
+    scale, aux = scale_fn(pop)
+    pop, cache, extra, info = move(k_move, pop, cache, kernel, path.target(b), step_size, scale,
+                                   num_moves, None, scheme, extra, hook, hook_first)
+    pop, cache, extra, res = resample_if(k_res, pop, threshold, scheme, cache, extra)
+    res = res._replace(resampled=res.resampled.astype(jnp.int32))
+    return pop, cache, extra, aux, StageInfo(
+        cess, tail_before, info.move_cess, info.noise, info.acceptance, res,
+        dead + info.num_dead, info.jump, info.num_divergent, failed + info.num_failed,
+        renewal=info.renewal)
+
+
 def _bridge(key, pop, cache, path, a, b, kernel, step_size, scale_fn, threshold, scheme, extra,
             hook, hook_first):
     """One move that crosses ``a → b`` itself (its increment is the whole Crooks term), then
@@ -416,7 +443,7 @@ def _bridge(key, pop, cache, path, a, b, kernel, step_size, scale_fn, threshold,
 
 def advance(key, pop, cache, path, a, b, kernel, step_size, scale_fn, num_moves, threshold,
             scheme="systematic", extra=None, hook=None, hook_first=False, *, move_first=False,
-            waste_free=False, revive=True):
+            resample_last=False, waste_free=False, revive=True):
     """One stage along ``path`` (a value of :mod:`numpyro_jarzynski.engine.path`) from point
     ``a`` to point ``b``: the front-ends supply their path and their moves, the stage does the
     rest.
@@ -426,6 +453,9 @@ def advance(key, pop, cache, path, a, b, kernel, step_size, scale_fn, num_moves,
     * ``move_first``: ``num_moves`` moves at ``γ_a`` (no resampling between them), then the
       work at the moved walkers, then the resampling check: the EBM trainer's order (the
       work must be evaluated at walkers drawn after ``θ_b`` was chosen from them);
+    * ``resample_last``: the default's work and moves at ``γ_b`` (no resampling between
+      them), then the resampling check: the work at ``b`` and the first move share their
+      products (an RBM's ``v W_b``; the EBM trainer's cross-fitted witness);
     * a bridging move (``kernel.bridging``, e.g. the interpolant's Euler–Maruyama step) crosses
       ``a → b`` itself: it runs once, with a :class:`~.path.Crossing` of the two targets as
       its target, and the stage books no work at fixed walkers.
@@ -439,14 +469,17 @@ def advance(key, pop, cache, path, a, b, kernel, step_size, scale_fn, num_moves,
     ``move_first`` on a path without a shared cache).
     """
     if getattr(kernel, "bridging", False):
-        if num_moves != 1 or waste_free or move_first:
+        if num_moves != 1 or waste_free or move_first or resample_last:
             raise ValueError("a bridging move crosses the stage once: num_moves=1, no "
-                             "waste_free, no move_first.")
+                             "waste_free, no move_first, no resample_last.")
         out = _bridge(key, pop, cache, path, a, b, kernel, step_size, scale_fn, threshold,
                       scheme, extra, hook, hook_first)
-    elif move_first:
-        out = _move_then_reweight(key, pop, cache, path, a, b, kernel, step_size, scale_fn,
-                                  num_moves, threshold, scheme, extra, hook, hook_first)
+    elif move_first or resample_last:
+        if move_first and resample_last or waste_free:
+            raise ValueError("choose one order: move_first, resample_last, or waste_free.")
+        order = _move_then_reweight if move_first else _reweight_then_move
+        out = order(key, pop, cache, path, a, b, kernel, step_size, scale_fn, num_moves,
+                    threshold, scheme, extra, hook, hook_first)
     else:
         if cache is None and _shared(path):
             cache = _evaluate(path.target(a), extra, pop.x)
