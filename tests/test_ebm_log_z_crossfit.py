@@ -12,6 +12,7 @@ Run as a script for the measurement in docs/benchmarks.md (16 hidden units, 500 
     MPLBACKEND=Agg .venv/bin/python tests/test_ebm_log_z_crossfit.py
 """
 
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -123,9 +124,12 @@ def test_crossfit_running_log_z_stays_exact_under_adam_and_sgd_where_shared_drif
         assert np.abs(err_c).max() < 1.0, (name, err_c)
         se = err_c[-1].std(ddof=1) / np.sqrt(err_c.shape[1])
         assert abs(err_c[-1].mean()) < 4 * se + 0.05, (name, err_c[-1])
-        # Shared (the gradient walkers' own log Z): every run low by more than 0.7 nat at the
-        # end (measured −0.96 to −1.37), on average 0.7 nat more than the cross-fitted one.
-        assert np.all(err_s[-1] < -0.7), (name, err_s[-1])
+        # Shared (the gradient walkers' own log Z): every run low at the end, on average by
+        # more than 0.7 nat and 0.7 nat more than the cross-fitted one (measured: −0.67 to
+        # −1.37 per run; the bias is ~1 nat, the run-to-run sd ~0.25, so a per-run bound at
+        # −0.7 would fail on a reshuffle of the draws alone).
+        assert np.all(err_s[-1] < 0.0), (name, err_s[-1])
+        assert err_s[-1].mean() < -0.7, (name, err_s[-1])
         assert err_s[-1].mean() < err_c[-1].mean() - 0.7, (name, err_c[-1], err_s[-1])
         # It learned (exact test log-lik −25.2 → about −21.5 / −22), and the two estimates
         # agree well enough for the health check to stay quiet.
@@ -138,19 +142,19 @@ def test_crossfit_running_log_z_stays_exact_under_adam_and_sgd_where_shared_drif
     exact, cross, shared, _ = rows["sgd_fast"]
     assert np.all(cross[-1] - exact[-1] < -5.0), cross[-1] - exact[-1]
     # Both runs are warned: their running log Z carries a Monte Carlo error of 8-10 nats
-    # (measured; adam and sgd above stay below 0.9), and the one whose drift is large
-    # against it (8 sigma) is also told the two disagree.
-    drifted = 0
+    # (measured; adam and sgd above stay below 0.9). Whether the two populations also drift
+    # apart by 8 sigma is chance here: neither follows the model, and which falls further
+    # changes with the draws (measured both ways, from −80 to +21 nats of drift, with the
+    # same seeds at two XLA optimisation levels). A run told so is told the fix; the
+    # disagreement warning itself is tested in the next test.
     for r in range(2):
         found = trainer._disagreement({k: v[r] for k, v in stats["sgd_fast"].items()}, 0)
         msg = found["log_z_noisy"]
         assert "too noisy" in msg and "do not keep up with the model" in msg
         assert "Lower the learning rate" in msg and "num_moves" in msg
         if "log_z_disagree" in found:
-            drifted += 1
             msg = found["log_z_disagree"]
             assert "the two running log Z disagree" in msg and "num_moves" in msg
-    assert drifted >= 1
 
 
 def test_crossfit_learns_the_same_parameters_as_shared_and_warns_through_run():
@@ -198,14 +202,48 @@ def test_crossfit_learns_the_same_parameters_as_shared_and_warns_through_run():
         EBMTrainer(rbm_model, optax.sgd(0.1), method="pcd", log_z="crossfit")
 
 
-def test_witness_update_shares_its_work_product_with_its_sweep():
-    """The witness's stage (work at the walkers, sweep at θ_{k+1}, then the resampling check)
-    costs three walker-sized products per update: ``v W_a`` and ``v W_b`` for the work, the
-    second half-sweep ``h W_bᵀ``; the first half-sweep's ``v W_b`` is the work's, computed
-    once. (Work after the sweep, as the gradient walkers do it, costs four.) Counted in the
-    compiled update of a 13 × 7 RBM with 11 gradient walkers, 9 witness walkers, batch 5."""
-    import re
+def _loop_dots(hlo):
+    """Shapes of the f32 dot products inside the while-loop bodies of an optimised HLO module
+    (the scan over updates), with every computation the bodies call."""
+    comps, calls, bodies, cur = {}, {}, [], None
+    for line in hlo.splitlines():
+        head = re.match(r"^(?:ENTRY )?%(\S+) ", line)
+        if head and line.rstrip().endswith("{"):
+            cur = head.group(1)
+            comps[cur], calls[cur] = [], []
+            continue
+        if cur is None:
+            continue
+        dot = re.search(r"= f32\[([0-9,]+)\]\{[0-9,]*\} dot\(", line)
+        if dot:
+            comps[cur].append(dot.group(1))
+        calls[cur] += re.findall(r"(?:calls|to_apply|condition|body)=%([\w.\-]+)", line)
+        for group in re.findall(r"branch_computations=\{([^}]*)\}", line):
+            calls[cur] += [g.strip().lstrip("%") for g in group.split(",")]
+        bodies += re.findall(r"body=%([\w.\-]+)", line)
+    seen, todo = set(), list(bodies)
+    while todo:
+        c = todo.pop()
+        if c not in seen:
+            seen.add(c)
+            todo += calls.get(c, [])
+    return sorted(shape for c in seen for shape in comps.get(c, []))
 
+
+def test_update_computes_each_walker_product_once():
+    """Per update (inside the compiled scan), the walker-sized products are:
+
+    * witness (work at the walkers, sweep at θ_{k+1}, then the ESS check): ``v W_{k+1}`` once
+      for the work and the first half-sweep (its ``v W_k`` is the carried cache), ``h W_{k+1}ᵀ``,
+      and the cache of the swept walkers at θ_{k+1} (the next update's ``v W_k``): 2 + 1;
+    * gradient walkers (gradient from the carried cache, sweep at θ_k, work at the moved
+      walkers): the gradient's backward only, ``h W_kᵀ``, and ``v′W_k``, ``v′W_{k+1}`` for the
+      work (the second is the next update's cache): 1 + 1 + 2;
+    * the data: forward and backward.
+
+    Before, the witness also recomputed its first half-sweep (3 of shape (9, 7)) and the
+    gradient walkers their gradient's forward product (3 of (11, 7)). Counted on a 13 × 7 RBM
+    with 11 gradient walkers, 9 witness walkers, batch 5."""
     rng = np.random.default_rng(0)
     data = jnp.asarray((rng.uniform(size=(40, 13)) < 0.3).astype(np.float32))
     trainer = EBMTrainer(bernoulli_rbm_model(data, 7), optax.sgd(0.01), num_walkers=11,
@@ -213,13 +251,11 @@ def test_witness_update_shares_its_work_product_with_its_sweep():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = trainer.run(jax.random.key(0), 1, data, batch_size=5, progress_bar=False)
-    hlo = jax.jit(lambda s: trainer.steps(s, data, 2, batch_size=5)).lower(
+    hlo = jax.jit(lambda s: trainer.steps(s, data, 3, batch_size=5)).lower(
         res.state).compile().as_text()
-    shapes = re.findall(r"= f32\[([0-9,]+)\]\{[0-9,]*\} dot\(", hlo)
+    shapes = _loop_dots(hlo)
     count = {s: shapes.count(s) for s in ("9,7", "9,13", "11,7", "11,13", "13,7", "5,7")}
-    # witness: 2 + 1; gradient walkers: the gradient's forward (= the first half-sweep), the
-    # work's two, the second half-sweep, the gradient's backward; the data: forward, backward.
-    assert count == {"9,7": 2, "9,13": 1, "11,7": 3, "11,13": 1, "13,7": 2, "5,7": 1}, count
+    assert count == {"9,7": 2, "9,13": 1, "11,7": 2, "11,13": 1, "13,7": 2, "5,7": 1}, count
 
 
 def main():

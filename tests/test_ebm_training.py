@@ -142,6 +142,44 @@ def test_teacher_student_mixture_jarzynski_recovers_light_mode_pcd_and_cd_do_not
         assert abs(other - 0.25) > 0.1, (method, other)
 
 
+@pytest.mark.parametrize("kind", ["bernoulli", "gaussian"])
+def test_gibbs_cache_gives_the_same_log_prob_sweep_and_gradient(kind):
+    """An RBM's GibbsCache (what the trainer carries between updates) changes no number: its
+    log γ is unnormalized_log_prob's, a sweep started from it draws the same states, and the
+    linearised log γ has autodiff's parameter gradient (here, and through trainer.gradient)."""
+    from numpyro_jarzynski.ebm import GaussianBernoulliRBM
+
+    k = jax.random.split(jax.random.key(3), 4)
+    b, c = jnp.linspace(-1, 1, N_V), jnp.linspace(0.5, -0.5, N_H)
+    if kind == "bernoulli":
+        make = lambda p: BernoulliRBM(p["W"], p["b"], p["c"])
+        v = (jax.random.uniform(k[0], (16, N_V)) < 0.5).astype(jnp.float32)
+        params = {"W": 2.0 * W0, "b": b, "c": c}
+    else:
+        make = lambda p: GaussianBernoulliRBM(p["W"], p["b"], p["c"], p["s"])
+        v = jax.random.normal(k[0], (16, N_V))
+        params = {"W": 2.0 * W0, "b": b, "c": c, "s": jnp.linspace(0.5, 1.5, N_V)}
+    rbm = make(params)
+    cache = rbm.gibbs_cache(v)
+    np.testing.assert_array_equal(cache.log_p, rbm.unnormalized_log_prob(v))
+    np.testing.assert_array_equal(rbm.block_gibbs(k[1], v, cache), rbm.block_gibbs(k[1], v))
+    w = jax.nn.softmax(jax.random.normal(k[2], (16,)))
+    exact = jax.grad(lambda p: jnp.sum(w * make(p).unnormalized_log_prob(v)))(params)
+    lin = jax.grad(lambda p: jnp.sum(w * make(p).linearized_log_prob(v, cache)))(params)
+    for name in params:
+        np.testing.assert_allclose(lin[name], exact[name], rtol=1e-5, atol=1e-6)
+    if kind == "bernoulli":
+        trainer = EBMTrainer(rbm_model, optax.sgd(0.1), num_walkers=16, log_z="shared")
+        trainer.init(jax.random.key(0), RBM_DATA)
+        lw = jnp.log(w)
+        (loss0, lg0), g0 = trainer.gradient(params, v, lw, (RBM_DATA,))
+        (loss1, lg1), g1 = trainer.gradient(params, v, lw, (RBM_DATA,), cache=cache)
+        np.testing.assert_allclose(loss1, loss0, rtol=1e-6)
+        np.testing.assert_array_equal(lg1, lg0)
+        for name in params:
+            np.testing.assert_allclose(g1[name], g0[name], rtol=1e-5, atol=1e-6)
+
+
 def test_save_and_resume_is_exact(tmp_path):
     trainer = EBMTrainer(rbm_model, optax.adam(0.05), num_walkers=32, num_init_stages=5)
     full = trainer.run(jax.random.key(4), 12, RBM_DATA, batch_size=50, progress_bar=False, log_every=6)

@@ -25,6 +25,7 @@ updates one visible unit at a time from its exact tempered conditional.
 """
 
 import itertools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +52,17 @@ def _check_enumerable(n_v, n_h, which):
             "rng_key=...) (annealed importance sampling, a stochastic lower bound with its "
             "error) or the trainer's running log Z (Jarzynski weights) instead."
         )
+
+
+class GibbsCache(NamedTuple):
+    """An RBM's cache at walkers ``v`` for parameters ``θ``: ``log_p = log γ_θ(v) = −F_θ(v)``
+    and ``hidden_logits = c + (v/σ)ᵀW``. The logits are the one walker-sized product that the
+    free energy, the first half-sweep (:meth:`_RBM.block_gibbs`) and the walkers' parameter
+    gradient (:meth:`_RBM.linearized_log_prob`) share; the EBM trainer carries them from the
+    work at ``θ_{k+1}`` to the next update instead of recomputing them."""
+
+    log_p: jax.Array  # (N,)
+    hidden_logits: jax.Array  # (N, n_h)
 
 
 class _RBM(EnergyBasedDistribution):
@@ -92,14 +104,36 @@ class _RBM(EnergyBasedDistribution):
     def hidden_logits(self, v):
         return self.hidden_bias + self._scaled(v) @ self.weights
 
-    def sample_hidden(self, rng_key, v):
+    def sample_hidden(self, rng_key, v, logits=None):
+        """``h ~ p(h|v)``; ``logits``: ``hidden_logits(v)`` if already computed."""
+        logits = self.hidden_logits(v) if logits is None else logits
         # engine.noise: jax.random.bernoulli's draws bit for bit, the threefry hash unrolled
-        return noise.bernoulli(rng_key, jax.nn.sigmoid(self.hidden_logits(v))).astype(v.dtype)
+        return noise.bernoulli(rng_key, jax.nn.sigmoid(logits)).astype(v.dtype)
 
-    def block_gibbs(self, rng_key, v):
-        """One sweep ``h ~ p(h|v)``, ``v ~ p(v|h)``: exact, invariant for ``p(v)``."""
+    def block_gibbs(self, rng_key, v, cache=None):
+        """One sweep ``h ~ p(h|v)``, ``v ~ p(v|h)``: exact, invariant for ``p(v)``.
+        ``cache``: the :class:`GibbsCache` of ``v`` at these parameters (its logits start
+        the sweep: the same draws, one product fewer)."""
         k_h, k_v = noise.split(rng_key)
-        return self.sample_visible(k_v, self.sample_hidden(k_h, v))
+        logits = None if cache is None else cache.hidden_logits
+        return self.sample_visible(k_v, self.sample_hidden(k_h, v, logits))
+
+    def gibbs_cache(self, v):
+        """The :class:`GibbsCache` of walkers ``v``: ``log γ(v)`` (the same number as
+        ``unnormalized_log_prob``) and the hidden logits."""
+        v = jnp.asarray(v, self.weights.dtype)
+        logits = self.hidden_logits(v)
+        return GibbsCache(self._visible_log_factor(v) + jnp.sum(jax.nn.softplus(logits), -1),
+                          logits)
+
+    def linearized_log_prob(self, v, cache):
+        """Per walker, a function of this RBM's parameters with the gradient of
+        ``log γ_θ(v)`` at the cached parameters but not its value: the softplus is linearised
+        about the cached logits (``∂ softplus(L) = σ(L) ∂L``), so that its gradient
+        ``(vᵀσ(L), v, σ(L))`` needs the backward product alone, not the forward one."""
+        v = jnp.asarray(v, self.weights.dtype)
+        slope = jax.lax.stop_gradient(jax.nn.sigmoid(cache.hidden_logits))
+        return self._visible_log_factor(v) + jnp.sum(slope * self.hidden_logits(v), -1)
 
     def sample(self, key, sample_shape=()):
         """Approximate draws: ``num_sample_sweeps`` block-Gibbs sweeps from base draws."""
@@ -121,6 +155,9 @@ class BernoulliRBM(_RBM):
     def free_energy(self, v):
         v = jnp.asarray(v, self.weights.dtype)
         return -(v @ self.visible_bias) - jnp.sum(jax.nn.softplus(self.hidden_logits(v)), -1)
+
+    def _visible_log_factor(self, v):
+        return v @ self.visible_bias
 
     def joint_energy(self, v, h):
         return -(v @ self.visible_bias) - h @ self.hidden_bias - jnp.sum((v @ self.weights) * h, -1)
@@ -215,6 +252,9 @@ class GaussianBernoulliRBM(_RBM):
     def free_energy(self, v):
         quad = jnp.sum((v - self.visible_bias) ** 2 / (2 * self.sigma**2), -1)
         return quad - jnp.sum(jax.nn.softplus(self.hidden_logits(v)), -1)
+
+    def _visible_log_factor(self, v):
+        return -jnp.sum((v - self.visible_bias) ** 2 / (2 * self.sigma**2), -1)
 
     def joint_energy(self, v, h):
         quad = jnp.sum((v - self.visible_bias) ** 2 / (2 * self.sigma**2), -1)

@@ -35,6 +35,13 @@ Steps 2–3 are the engine's stage (:func:`numpyro_jarzynski.engine.stage.advanc
 :func:`numpyro_jarzynski.ebm.walkers.advance`; ``pcd`` and ``cd`` run the same moves
 (:func:`numpyro_jarzynski.ebm.walkers.move`) and drop their weights.
 
+Within one :meth:`EBMTrainer.steps` call the walkers' target cache at ``θ_{k+1}`` (for an RBM
+its :class:`~numpyro_jarzynski.ebm.rbm.GibbsCache`: ``log γ`` and the hidden logits
+``v W + c``), which the work evaluates anyway, is carried to the next update: its gradient
+(through :meth:`~numpyro_jarzynski.ebm.rbm.BernoulliRBM.linearized_log_prob`) and its first
+half-sweep start from it instead of recomputing the product. It is computed afresh at the
+start of every call and never stored in the :class:`TrainState`.
+
 The order matters twice: the work is evaluated *after* the move with ``θ_k`` (design notes
 §3), and at states drawn after ``θ_{k+1}`` was chosen from the walkers. The second is not
 enough: walkers that mix slowly stay near where they were when they chose ``θ_{k+1}``, the
@@ -111,6 +118,7 @@ from numpyro.distributions.transforms import biject_to
 
 from numpyro_jarzynski.ebm import walkers as WK
 from numpyro_jarzynski.ebm.energy import EnergyBasedDistribution
+from numpyro_jarzynski.ebm.rbm import GibbsCache
 from numpyro_jarzynski.engine import weights as W
 from numpyro_jarzynski.engine.population import Population
 
@@ -499,10 +507,35 @@ class EBMTrainer:
     def _update(self, state, args, kwargs):
         """One update, frozen (a no-op) once the state has failed; see :class:`TrainState`."""
         state = _with_flags(state)
-        new, stats, code = self._raw_update(state, args, kwargs)
+        return self._update_carrying(state, self._caches(state, args, kwargs), args, kwargs)[:2]
+
+    def _caches(self, state, args, kwargs):
+        """The targets' caches of the gradient walkers and the witness at ``state.params``
+        (``(None, None)`` where the walkers' target evaluates nothing, and for ``pcd``/``cd``).
+
+        An update ends by evaluating them at ``θ_{k+1}`` anyway (the work), so :meth:`steps`
+        carries them from one update to the next (an RBM: the hidden logits ``v W + c``,
+        which the next gradient and first half-sweep start from) and computes them here once
+        per call. They never enter :class:`TrainState`, so a state cannot carry a stale one.
+        (This assumes, as everywhere in the trainer, that the energy distribution depends
+        on the parameters and not on the minibatch.)"""
+        if self.method != "jarzynski":
+            return None, None
+        fn, _ = self._site_fn(state.params, args, kwargs)
+        target = WK.parameter_path(fn).target(fn)
+        if target.evaluate is None:
+            return None, None
+        wit = target.evaluate(state.witness.x) if self.crossfit else None
+        return target.evaluate(state.walkers), wit
+
+    def _update_carrying(self, state, caches, args, kwargs):
+        """:meth:`_update` with the caches of :meth:`_caches` in and out."""
+        new, stats, code, new_caches = self._raw_update(state, args, kwargs, caches)
         fail_now = (state.failure == 0) & (code != 0)
         frozen = (state.failure != 0) | fail_now
-        kept = jax.tree.map(lambda a, b: jnp.where(frozen, a, b), state, new)
+        keep = lambda a, b: jnp.where(frozen, a, b)
+        new_caches = jax.tree.map(keep, caches, new_caches)
+        kept = jax.tree.map(keep, state, new)
         kept = kept._replace(
             failure=jnp.where(fail_now, code, state.failure).astype(jnp.int32),
             failed_at=jnp.where(fail_now, state.step, state.failed_at).astype(jnp.int32),
@@ -510,9 +543,9 @@ class EBMTrainer:
         # Stats of a frozen update mean nothing: NaN (floats) or zero (counts, flags).
         blank = {k: jnp.nan if jnp.issubdtype(v.dtype, jnp.floating) else 0 for k, v in stats.items()}
         stats = {k: jnp.where(frozen, blank[k], v).astype(v.dtype) for k, v in stats.items()}
-        return kept, stats
+        return kept, stats, new_caches
 
-    def _raw_update(self, state, args, kwargs):
+    def _raw_update(self, state, args, kwargs, caches=(None, None)):
         key, k_cd, k_move = jax.random.split(state.rng_key, 3)
         fn_k, data = self._site_fn(state.params, args, kwargs)
         x = state.walkers
@@ -525,7 +558,9 @@ class EBMTrainer:
         # Gradient from the walkers *before* they move: the increment below is then evaluated
         # at states drawn after θ_{k+1} was chosen (reweighting the very walkers that chose
         # θ_{k+1} biases log Z by O(lr/N) per step: the gradient step lowers log γ there).
-        (loss, lg_data), grads = self.gradient(state.params, x, pop.log_weights, args, kwargs)
+        cache, witness_cache = caches
+        (loss, lg_data), grads = self.gradient(state.params, x, pop.log_weights, args, kwargs,
+                                               cache)
         bad_data = ~jnp.all(jnp.isfinite(lg_data))
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         if self.ess_lr is not None:
@@ -546,8 +581,9 @@ class EBMTrainer:
             # moved state, resample if the ESS is low, revive dead walkers at a live
             # position. Moving with θ_{k+1} first is biased.
             fn_next, _ = self._site_fn(params, args, kwargs)
-            pop, info = WK.advance(k_move, pop, fn_k, fn_next, self.num_moves, self.step_size,
-                                   self.resample_threshold, self.resampling)
+            pop, cache, info = WK.advance_cached(k_move, pop, cache, fn_k, fn_next,
+                                                 self.num_moves, self.step_size,
+                                                 self.resample_threshold, self.resampling)
             # Deaths from a non-finite increment (NaN/inf energy, a diverging move); walkers
             # dropped for a weight below e^-1000 of the heaviest are the ESS collapse's story.
             dead = info.num_failed
@@ -565,10 +601,10 @@ class EBMTrainer:
                 # sweep's first half-sweep, one product instead of two.
                 witness = state.witness
                 log_z_k = witness.log_evidence
-                witness, winfo = WK.advance(jax.random.fold_in(k_move, 1), witness, fn_k,
-                                            fn_next, self.num_moves, self.step_size,
-                                            self.resample_threshold, self.resampling,
-                                            move_first=False)
+                witness, witness_cache, winfo = WK.advance_cached(
+                    jax.random.fold_in(k_move, 1), witness, witness_cache, fn_k, fn_next,
+                    self.num_moves, self.step_size, self.resample_threshold, self.resampling,
+                    move_first=False)
                 dead = dead + winfo.num_failed
                 bad_walkers = bad_walkers | ~jnp.any(jnp.isfinite(witness.log_weights))
                 ess_log_z = winfo.resample.ess_before
@@ -601,24 +637,39 @@ class EBMTrainer:
         new = TrainState(params, opt_state, pop.x, pop.log_weights, pop.log_z_banked,
                          state.step + 1, key, state.failure, state.failed_at,
                          witness if self.crossfit else state.witness, lr_scale)
-        return new, stats, code.astype(jnp.int32)
+        return new, stats, code.astype(jnp.int32), (cache, witness_cache)
 
-    def gradient(self, params, walkers, log_weights, args=(), kwargs=None):
+    def gradient(self, params, walkers, log_weights, args=(), kwargs=None, cache=None):
         """``((loss, log γ(data)), ∇H)`` with ``∇H = −mean ∇log γ(data) + Σ_i W_i ∇log γ(x_i)``.
 
         ``loss`` is the surrogate whose gradient is ``∇H`` (its value is not ``H``).
+        ``cache``: the walkers' :class:`~numpyro_jarzynski.ebm.rbm.GibbsCache` at ``params``
+        (an RBM): the walkers' term then comes from the cached logits
+        (:meth:`~numpyro_jarzynski.ebm.rbm.BernoulliRBM.linearized_log_prob`: the same
+        gradient, without the forward product), its value from the cached ``log γ``. Any
+        other cache is ignored.
         """
         kwargs = kwargs or {}
         w = jax.lax.stop_gradient(W.normalized_weights(log_weights))
         x = jax.lax.stop_gradient(walkers)
+        cache = jax.lax.stop_gradient(cache) if isinstance(cache, GibbsCache) else None
+
+        def walker_sum(lg_walk):
+            return jnp.sum(jnp.where(w > 0, w * lg_walk, 0.0))
 
         def surrogate(p):
             fn, d = self._site_fn(p, args, kwargs)
             lg_data = fn.unnormalized_log_prob(d)
-            lg_walk = fn.unnormalized_log_prob(x)
-            return -jnp.mean(lg_data) + jnp.sum(jnp.where(w > 0, w * lg_walk, 0.0)), lg_data
+            if cache is None:
+                lg_walk = fn.unnormalized_log_prob(x)
+            else:
+                lg_walk = fn.linearized_log_prob(x, cache)
+            return -jnp.mean(lg_data) + walker_sum(lg_walk), lg_data
 
-        return jax.value_and_grad(surrogate, has_aux=True)(params)
+        (loss, lg_data), grads = jax.value_and_grad(surrogate, has_aux=True)(params)
+        if cache is not None:  # the linearised term's value is not log γ: the cached one is
+            loss = -jnp.mean(lg_data) + walker_sum(cache.log_p)
+        return (loss, lg_data), grads
 
     def steps(self, state, data, num_steps, batch_size=None, args=(), kwargs=None):
         """``num_steps`` updates in one ``lax.scan`` (pure: jit it, or vmap it over a stack of
@@ -632,15 +683,23 @@ class EBMTrainer:
         n = data.shape[0]
         state = _with_flags(state)
 
-        def body(state, _):
+        def body(carry, _):
+            state, caches = carry
             if batch_size is None:
                 batch = data
             else:
                 k = jax.random.fold_in(state.rng_key, 7)
                 batch = data[jax.random.permutation(k, n)[:batch_size]]
-            return self._update(state, (batch,) + args, kwargs)
+            state, stats, caches = self._update_carrying(state, caches, (batch,) + args,
+                                                         kwargs)
+            return (state, caches), stats
 
-        return jax.lax.scan(body, state, None, length=num_steps)
+        # The walkers' caches at θ (an RBM's hidden logits) go from each update's work to the
+        # next update's gradient and sweep; computed once here (see _caches), never stored.
+        first = data if batch_size is None else data[:batch_size]
+        caches = self._caches(state, (first,) + args, kwargs)
+        (state, _), stats = jax.lax.scan(body, (state, caches), None, length=num_steps)
+        return state, stats
 
     def run(self, rng_key, num_steps, data, *args, batch_size=None, state=None,
             progress_bar=True, log_every=None, init_walkers=None, init_log_z=None,

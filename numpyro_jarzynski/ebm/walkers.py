@@ -44,9 +44,10 @@ def parameter_path(fn):
 
 
 def kernel(fn):
-    """The move value for walkers of ``fn``: its block Gibbs sweep, or ULA."""
+    """The move value for walkers of ``fn``: its block Gibbs sweep (started from the target's
+    cache where ``fn`` has a ``gibbs_cache``), or ULA."""
     if uses_gibbs(fn):
-        return S.SweepMove(fn.block_gibbs)
+        return S.SweepMove(fn.block_gibbs, uses_cache=hasattr(fn, "gibbs_cache"))
     return K.ULA()
 
 
@@ -78,8 +79,20 @@ def parameter_increment(fn_a, fn_b, x):
 
 def advance(key, pop, fn_a, fn_b, num_moves, step_size, resample_threshold,
             resampling="systematic", move_first=True):
+    """The walkers' part of a training update ``θ_a → θ_b`` (:func:`advance_cached` without a
+    cache to carry). Returns ``(pop, StageInfo)``."""
+    pop, _, info = advance_cached(key, pop, None, fn_a, fn_b, num_moves, step_size,
+                                  resample_threshold, resampling, move_first)
+    return pop, info
+
+
+def advance_cached(key, pop, cache, fn_a, fn_b, num_moves, step_size, resample_threshold,
+                   resampling="systematic", move_first=True):
     """The walkers' part of a training update ``θ_a → θ_b``, dead walkers revived at a live
-    position at the end. Returns ``(pop, StageInfo)``.
+    position at the end. ``cache``: the target's cache of ``pop.x`` at ``θ_a`` (``None``:
+    evaluated here). Returns ``(pop, cache, StageInfo)``, the cache ``θ_b``'s at the returned
+    walkers (``None`` for walkers whose target evaluates nothing), to pass to the next
+    update.
 
     * ``move_first=True`` (walkers whose gradient chose ``θ_b``): ``num_moves`` moves with
       the kernel of ``fn_a`` (no resampling between them), then the work
@@ -90,11 +103,11 @@ def advance(key, pop, fn_a, fn_b, num_moves, step_size, resample_threshold,
       ``v W_b`` is also the sweep's first half-sweep, so a stage costs three walker-sized
       products instead of four."""
     kern = kernel(fn_a) if move_first else kernel(fn_b)
-    pop, _, _, _, info = S.advance(key, pop, None, parameter_path(fn_a), fn_a, fn_b, kern,
-                                   step_size, _unit_scale, num_moves, resample_threshold,
-                                   resampling, move_first=move_first,
-                                   resample_last=not move_first)
-    return pop, info
+    pop, cache, _, _, info = S.advance(key, pop, cache, parameter_path(fn_a), fn_a, fn_b, kern,
+                                       step_size, _unit_scale, num_moves, resample_threshold,
+                                       resampling, move_first=move_first,
+                                       resample_last=not move_first, keep_cache=True)
+    return pop, cache, info
 
 
 def anneal_from_base(key, fn, num_walkers, num_stages, step_size, num_moves=1,

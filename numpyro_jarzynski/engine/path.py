@@ -130,9 +130,10 @@ class ParameterPath(NamedTuple):
     ``log_density(θ, x)``: ``log γ_θ`` at walkers ``x`` (any batch shape, like a NumPyro
     ``log_prob``). The work of ``θ_a → θ_b`` is ``log γ_{θ_b}(x) − log γ_{θ_a}(x)``: one
     evaluation at ``θ_b``, ``log γ_{θ_a}`` read from the cache of the target at ``θ_a``
-    (evaluated when there is none). ``differentiable=False`` (RBM walkers, moved by exact
-    block Gibbs): the target evaluates nothing (``evaluate=None``, no cache), so a sweep costs
-    no density evaluation."""
+    (evaluated when there is none). ``differentiable=False`` (walkers moved by an exact
+    sweep): the target evaluates the point's ``gibbs_cache(x)`` where it has one (an RBM's
+    :class:`~numpyro_jarzynski.ebm.rbm.GibbsCache`: ``log γ`` and the hidden logits, which
+    its sweep starts from), and nothing otherwise (``evaluate=None``, no cache)."""
 
     log_density: Callable
     differentiable: bool = True
@@ -144,6 +145,9 @@ class ParameterPath(NamedTuple):
     def target(self, point):
         if self.differentiable:
             return K.density_target(lambda xi: self.log_density(point, xi))
+        cached = getattr(point, "gibbs_cache", None)
+        if cached is not None:
+            return K.Target(cached, lambda c: c[0], None)
         return K.Target(None, None, None)
 
 

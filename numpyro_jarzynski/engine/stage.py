@@ -104,15 +104,19 @@ class SweepMove(NamedTuple):
     """An exact sweep ``sweep(key, x) -> x'`` (e.g. a lattice's checkerboard Gibbs sweep at the
     stage's β, an RBM's block Gibbs at θ) as a move value: invariant, so it adds no increment.
     The target's cache is evaluated at the swept walkers, unless the target has no
-    ``evaluate`` (then there is no cache: ``None``)."""
+    ``evaluate`` (then there is no cache: ``None``). ``uses_cache``: the sweep is
+    ``sweep(key, x, cache)`` and starts from the target's cache at ``x`` (an RBM's hidden
+    logits, :class:`~numpyro_jarzynski.ebm.rbm.GibbsCache`), so consecutive sweeps share
+    their products: the cache evaluated after one sweep is the next one's first half."""
 
     sweep: Any
+    uses_cache: bool = False
 
     invariant = True
     name = "sweep"
 
     def step(self, key, x, cache, target, step_size, scale):
-        x_new = self.sweep(key, x)
+        x_new = self.sweep(key, x, cache) if self.uses_cache else self.sweep(key, x)
         n = x.shape[0]
         dtype = jnp.result_type(float)
         c_new = None if target.evaluate is None else target.evaluate(x_new)
@@ -370,9 +374,11 @@ def _no_resampling(pop):
 
 
 def _move_then_reweight(key, pop, cache, path, a, b, kernel, step_size, scale_fn, num_moves,
-                        threshold, scheme, extra, hook, hook_first):
+                        threshold, scheme, extra, hook, hook_first, keep_cache=False):
     """Moves at ``γ_a`` (no resampling between them: every walker keeps its identity through
-    the moves), then the work ``a → b`` at the moved walkers, then a resampling check."""
+    the moves), then the work ``a → b`` at the moved walkers, then a resampling check.
+    ``keep_cache``: also evaluate ``b``'s cache at the moved walkers (the work's evaluation at
+    ``b`` computes it anyway; XLA shares the two) and return it, resampled with them."""
     k_move, k_res = Z.split(key)
     if cache is None and kernel is not None:
         cache = _evaluate(path.target(a), extra, pop.x)
@@ -381,10 +387,14 @@ def _move_then_reweight(key, pop, cache, path, a, b, kernel, step_size, scale_fn
                                    num_moves, None, scheme, extra, hook, hook_first)
     pop, cess, dead, failed = reweight(pop, path.increment(pop.x, cache, a, b))
     tail_before = W.weight_tail(pop.log_weights)
+    keep = keep_cache and not _shared(path)
+    if keep:
+        cache = _evaluate(path.target(b), extra, pop.x)
     pop, cache, extra, res = resample_if(k_res, pop, threshold, scheme, cache, extra)
     res = res._replace(resampled=res.resampled.astype(jnp.int32))
-    # The cache is γ_a's: it stays valid at b only if the path shares one cache for all points.
-    cache = cache if _shared(path) else None
+    # The cache is γ_a's: it stays valid at b only if the path shares one cache for all points
+    # (or it is b's: keep_cache).
+    cache = cache if _shared(path) or keep else None
     return pop, cache, extra, aux, StageInfo(
         cess, tail_before, info.move_cess, info.noise, info.acceptance, res,
         dead + info.num_dead, info.jump, info.num_divergent, failed + info.num_failed,
@@ -443,7 +453,7 @@ def _bridge(key, pop, cache, path, a, b, kernel, step_size, scale_fn, threshold,
 
 def advance(key, pop, cache, path, a, b, kernel, step_size, scale_fn, num_moves, threshold,
             scheme="systematic", extra=None, hook=None, hook_first=False, *, move_first=False,
-            resample_last=False, waste_free=False, revive=True):
+            resample_last=False, waste_free=False, revive=True, keep_cache=False):
     """One stage along ``path`` (a value of :mod:`numpyro_jarzynski.engine.path`) from point
     ``a`` to point ``b``: the front-ends supply their path and their moves, the stage does the
     rest.
@@ -466,7 +476,8 @@ def advance(key, pop, cache, path, a, b, kernel, step_size, scale_fn, num_moves,
     live position at the end (:func:`~.population.replace_dead`; their weight stays zero).
 
     Returns ``(pop, cache, extra, aux, StageInfo)``; the cache is ``b``'s (``None`` after
-    ``move_first`` on a path without a shared cache).
+    ``move_first`` on a path without a shared cache, unless ``keep_cache``: then ``b``'s,
+    evaluated at the moved walkers, for a caller that carries it to its next stage).
     """
     if getattr(kernel, "bridging", False):
         if num_moves != 1 or waste_free or move_first or resample_last:
@@ -477,9 +488,14 @@ def advance(key, pop, cache, path, a, b, kernel, step_size, scale_fn, num_moves,
     elif move_first or resample_last:
         if move_first and resample_last or waste_free:
             raise ValueError("choose one order: move_first, resample_last, or waste_free.")
-        order = _move_then_reweight if move_first else _reweight_then_move
-        out = order(key, pop, cache, path, a, b, kernel, step_size, scale_fn, num_moves,
-                    threshold, scheme, extra, hook, hook_first)
+        if move_first:
+            out = _move_then_reweight(key, pop, cache, path, a, b, kernel, step_size,
+                                      scale_fn, num_moves, threshold, scheme, extra, hook,
+                                      hook_first, keep_cache)
+        else:
+            out = _reweight_then_move(key, pop, cache, path, a, b, kernel, step_size,
+                                      scale_fn, num_moves, threshold, scheme, extra, hook,
+                                      hook_first)
     else:
         if cache is None and _shared(path):
             cache = _evaluate(path.target(a), extra, pop.x)
