@@ -31,7 +31,7 @@ Subcommands (``python benchmarks/discrete_mixture.py CMD``):
 * ``toy``: ``JarzynskiSMC(model, num_particles=1000, move=[MALA(), Gibbs(...)])``, configs
   ``collapsed:n`` (B summed out of the path, the default ``Gibbs()``), ``plate:n`` /
   ``coordinate:n`` (B sampled along the path: ``collapse=False``);
-* ``gmm``: the GMM settings (a)–(m) (``--gmm`` picks them: ``i`` is the schedule before ``budget_fill``), with the moves' renewal of the log likelihood below and from β = 0.5.
+* ``gmm``: the GMM settings (a)–(p) (``--gmm`` picks them: ``i`` is the schedule before ``budget_fill``), with the moves' renewal of the log likelihood below and from β = 0.5.
 
 SMC timings: the kernel's own ``init`` + ``sample`` loop (what ``MCMC.run`` runs, chains
 vmapped as with ``chain_method="vectorized"``) is compiled ahead of time with
@@ -395,6 +395,12 @@ def gmm(num_seeds=8, num_particles=2000, num_warmup=100, which="afgh"):
               {"num_moves": 10}),
         "m": ('move=[HMC(), Gibbs()], num_moves=2 (auto\'s gradients per stage)',
               {"move": [HMC(), Gibbs()], "num_moves": 2}),
+        "n": ("target_renewal=0.3 (moves per stage from the last stage's renewal, 2 to 20)",
+              {"target_renewal": 0.3}),
+        "o": ("target_renewal=0.5 (2 to 20 moves per stage)", {"target_renewal": 0.5}),
+        "p": ("target_renewal=0.5, max_moves=40", {"target_renewal": 0.5, "max_moves": 40}),
+        "q": ("target_renewal=0.8 (2 to 20 moves per stage)", {"target_renewal": 0.8}),
+        "r": ("num_moves=4", {"num_moves": 4}),
     }
     args = (jnp.asarray(GMM_DATA),)
     for key in which:
@@ -416,6 +422,8 @@ def gmm(num_seeds=8, num_particles=2000, num_warmup=100, which="afgh"):
         out = {"setting": key, "label": label, "wide_mass": wide.round(3).tolist(),
                "renewal_beta_below_half": float(np.nanmedian(band[0])),
                "renewal_beta_from_half": float(np.nanmedian(band[1])),
+               # Moves per run (each one MALA gradient and one Gibbs draw), mean over seeds.
+               "moves_per_run": float(np.asarray(st.history.num_moves).sum(-1).mean()),
                "label_mass": order.round(3).tolist(), "log_z": lz.tolist(), "mean": float(lz.mean()),
                "sd": float(lz.std(ddof=1)), "min": float(lz.min()), "max": float(lz.max()),
                "bias": float(lz.mean() - GMM_REF), **r}

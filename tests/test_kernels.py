@@ -310,6 +310,9 @@ def test_auto_follows_its_rule_and_stays_exact():
             hist, auto.candidates, auto.moves_per_stage(2), 3)
         np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(got_trial, want_trial)
+        # Each stage records the moves its candidate ran (the gradients it spent).
+        np.testing.assert_array_equal(np.asarray(hist.num_moves),
+                                      np.asarray(auto.moves_per_stage(2))[got])
     # Every candidate is measured (the second on shadow copies, at stages 0, 2, 5, ...).
     assert {0, 1} <= set(np.asarray(state.history.move_index).ravel()) | set(
         np.asarray(state.history.trial_index).ravel())
@@ -346,6 +349,79 @@ def test_auto_prefers_the_move_that_renews_the_likelihood():
     idx = np.asarray(mcmc.last_state.history.move_index)[:, 4:]
     assert np.mean(idx == 1) >= 0.6, idx
 
+
+
+def _renewal_rule(history, target, lo, hi):
+    """The moves of every stage with ``target_renewal``, replayed from the history:
+    ``m' = round(m·log(1 − r*)/log(1 − r))`` in ``[lo, hi]`` from the previous stage's
+    ``renewal`` ``r`` (clipped to [1e-3, 0.99]) over its ``m`` moves; ``m`` where it is NaN.
+    Also says, per stage, whether the unrounded count is within 1e-3 of a half (where float32
+    and float64 may round apart)."""
+    m, r = np.asarray(history.num_moves), np.asarray(history.renewal, np.float64)
+    raw = m[:-1] * np.log1p(-target) / np.log1p(-np.clip(r[:-1], 1e-3, 0.99))
+    want = np.where(np.isfinite(r[:-1]), np.clip(np.round(raw), lo, hi), m[:-1])
+    tie = np.isfinite(raw) & (np.abs(raw % 1.0 - 0.5) < 1e-3)
+    return want.astype(int), m[1:], tie
+
+
+@pytest.mark.parametrize("move", [K.MALA(), K.UHMC(num_steps=2)], ids=["mala", "uhmc"])
+def test_target_renewal_follows_its_rule_and_stays_exact(move):
+    """``target_renewal``: each stage runs the moves the previous stage's renewal of the log
+    likelihood asked for (the rule replayed from the history; the count varies from stage
+    to stage), and the log evidence of the conjugate Gaussian stays exact within its Monte
+    Carlo error, for an invariant move and for an unadjusted one (whose Crooks increments
+    then come from a number of moves that changes per stage)."""
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.infer import MCMC
+
+    from numpyro_jarzynski import JarzynskiSMC
+
+    y = np.random.default_rng(1).normal(0.7, 1.0, size=(6, 4)).astype(np.float32)
+
+    def model(y):
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([4]).to_event(1))
+        numpyro.sample("y", dist.Normal(z, 1.0).to_event(1), obs=y)
+
+    n = y.shape[0]
+    exact = sum(-0.5 * (col @ (np.eye(n) - np.ones((n, n)) / (1 + n)) @ col)
+                - 0.5 * n * np.log(2 * np.pi) - 0.5 * np.log(1 + n) for col in y.T.astype(float))
+    runs, target, hi = 8, 0.8, 6
+    kernel = JarzynskiSMC(model, num_particles=1000, move=move, num_moves=1,
+                          target_renewal=target, max_moves=hi)
+    mcmc = MCMC(kernel, num_warmup=20, num_samples=1, num_chains=runs,
+                chain_method="vectorized", progress_bar=False)
+    mcmc.run(jax.random.key(3), y)
+    state = mcmc.last_state
+    counts = np.asarray(state.history.num_moves)
+    # The count moves with the renewal: not the same at every stage.
+    assert np.all(counts[:, 0] == 1) and counts.max() > 1 and counts.min() >= 1, counts
+    for c in range(runs):
+        want, got, tie = _renewal_rule(jax.tree.map(lambda v, c=c: v[c], state.history),
+                                       target, 1, hi)
+        assert np.all((got == want) | (tie & (np.abs(got - want) <= 1))), (c, want, got)
+    est = np.asarray(state.log_evidence, np.float64)
+    se = est.std(ddof=1) / np.sqrt(runs)
+    assert abs(est.mean() - exact) < 4 * se + 0.02, (est, exact, se)
+
+
+def test_target_renewal_bad_inputs():
+    from numpyro_jarzynski import JarzynskiSMC
+
+    def model():
+        pass
+
+    with pytest.raises(ValueError, match="target_renewal must be a number in"):
+        JarzynskiSMC(model, target_renewal=1.5)
+    with pytest.raises(ValueError, match="max_moves bounds.*target_renewal"):
+        JarzynskiSMC(model, max_moves=5)
+    with pytest.raises(ValueError, match="max_moves=1 is below num_moves=2"):
+        JarzynskiSMC(model, target_renewal=0.3, max_moves=1)
+    with pytest.raises(ValueError, match="not available with move='auto'"):
+        JarzynskiSMC(model, target_renewal=0.3, move="auto")
+    with pytest.raises(ValueError, match="not available with waste_free"):
+        JarzynskiSMC(model, target_renewal=0.3, waste_free=True, num_particles=999)
+    assert JarzynskiSMC(model, target_renewal=0.3, num_moves=3).max_moves == 30
 
 @pytest.mark.parametrize("kind", [K.HMC, K.UHMC])
 def test_trajectory_cap_reaches_a_quarter_period(kind):

@@ -357,6 +357,28 @@ def test_proposals_that_all_diverge_keep_the_answer_exact_and_are_reported():
     assert int(np.asarray(mcmc.last_state.history.num_divergent)[0]) == 500 * 2
 
 
+def test_divergent_fraction_counts_the_moves_each_stage_ran():
+    """``move="auto"`` gives every candidate its own moves per stage (equal gradients: at
+    ``num_moves=2``, four MALA moves or two 2-step HMC trajectories), recorded per stage in
+    ``history.num_moves``. The divergent fraction divides by them: with every proposal
+    diverging it is 100 % (before, divided by ``num_moves``, MALA's stages read 200 %)."""
+    from numpyro_jarzynski import HMC, MALA, Auto
+
+    def model():
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        numpyro.factor("f", jnp.where(mu > -1e9, 0.0, jnp.sqrt(-jnp.abs(mu) - 1.0)))
+
+    auto = Auto(candidates=(MALA(), HMC(num_steps=2)))
+    mcmc, msgs = run_recording(JarzynskiSMC(model, num_particles=500, move=auto), warmup=5)
+    h = mcmc.last_state.history
+    moves = np.asarray(auto.moves_per_stage(2))[np.asarray(h.move_index)]
+    np.testing.assert_array_equal(np.asarray(h.num_moves), moves)
+    mala = np.asarray(h.move_index) == 0  # stage 0 at least: the first invariant candidate
+    assert mala[0] and np.all(moves[mala] == 4)
+    np.testing.assert_array_equal(np.asarray(h.num_divergent)[mala], 500 * 4)
+    said = [m for m in msgs if "of the moves' proposals diverged" in m]
+    assert said and all("100% of the moves' proposals" in m for m in said), msgs
+
 def test_every_particle_dying_mid_run_freezes_the_state_and_raises_a_plain_error():
     """Moves no longer kill particles, so a whole population can only die mid-run when the
     model itself turns non-finite at the particles (here: a discrete update after which every

@@ -87,6 +87,25 @@ def adapt_step_size(step_size, acceptance, target, rate=1.0, max_step=1.0):
     return jnp.minimum(step_size * jnp.exp(rate * (acceptance - target)), max_step)
 
 
+
+def moves_for_renewal(num_moves, renewal, target, lo, hi):
+    r"""Moves for the next stage, from this stage's ``renewal`` (of the log likelihood,
+    :func:`numpyro_jarzynski.engine.stage.renewal`) over its ``num_moves`` moves, so that the
+    next stage's renewal reaches ``target``.
+
+    Model: after ``m`` moves the statistic's correlation with its start is ``ρ^m`` (a chain
+    whose autocorrelation decays geometrically), so its renewal is ``1 − ρ^m`` and
+
+    .. math:: m' = m \, \frac{\log(1 - r^*)}{\log(1 - r)},
+
+    rounded and kept in ``[lo, hi]``. A renewal that is not finite (a likelihood that does
+    not vary) keeps ``m``. The count is read from the *previous* stage, never from the moves
+    it sets, so it does not depend on the particles it is about to move."""
+    r = jnp.clip(renewal, 1e-3, 0.99)
+    want = num_moves * (jnp.log1p(-target) / jnp.log1p(-r))
+    m = jnp.clip(jnp.round(want), lo, hi)
+    return jnp.where(jnp.isfinite(renewal), m, num_moves).astype(jnp.int32)
+
 # ---------------------------------------------------------------------------------------------
 # Increments of the generative-SDE steps used by the interpolant front-end.
 #

@@ -226,9 +226,13 @@ def _one_move(key, pop, cache, extra, dead, kernel, target_of, step_size, scale,
 
 
 def move(key, pop, cache, kernel, target, step_size, scale, num_moves, threshold,
-         scheme="systematic", extra=None, hook=None, hook_first=False):
+         scheme="systematic", extra=None, hook=None, hook_first=False, max_moves=None):
     """``num_moves`` moves of ``kernel`` at ``target`` (a :class:`~.kernels.Target`, or a
     function ``extra -> Target`` when the target depends on the carried ``extra``).
+
+    ``max_moves``: ``num_moves`` is a traced count, at most ``max_moves`` (a number of moves
+    chosen per stage, :func:`~.moves.moves_for_renewal`); the moves run in a loop of that
+    many iterations, the ``i``-th with the ``i``-th of ``max_moves`` keys.
 
     ``extra``: a per-particle tree carried with the walkers through resampling (the discrete
     sites of a mixed model). ``hook(key, pop, cache, extra) -> (pop, cache, extra, dead)``
@@ -268,20 +272,38 @@ def move(key, pop, cache, kernel, target, step_size, scale, num_moves, threshold
                 p, c, e0, d = inner_hook(k, p, c, e[0])
                 return p, c, (e0, e[1]), d
         extra = (extra, start)
-    (pop, cache, extra, res, dead), (move_cess, acc, jumps, divs) = jax.lax.scan(
-        body, (pop, cache, extra, no_res, (zero_i, zero_i)), Z.split(key, num_moves)
-    )
+    carry = (pop, cache, extra, no_res, (zero_i, zero_i))
+    if max_moves is None:
+        carry, (move_cess, acc, jumps, divs) = jax.lax.scan(body, carry,
+                                                            Z.split(key, num_moves))
+        noise = -jnp.sum(jnp.log(jnp.clip(move_cess, 1e-30, 1.0)))
+        move_cess, acc, jumps, divs = (jnp.min(move_cess), jnp.mean(acc), jnp.sum(jumps),
+                                       jnp.sum(divs))
+    else:
+        keys = Z.split(key, max_moves)
+
+        def counted(i, c):
+            carry, (mc, noise, acc, jumps, divs) = c
+            carry, (mc_i, acc_i, jump_i, div_i) = body(carry, keys[i])
+            return carry, (jnp.minimum(mc, mc_i), noise - jnp.log(jnp.clip(mc_i, 1e-30, 1.0)),
+                           acc + acc_i, jumps + jump_i, divs + div_i)
+
+        zero = jnp.zeros((), pop.log_weights.dtype)
+        carry, (move_cess, noise, acc, jumps, divs) = jax.lax.fori_loop(
+            0, num_moves, counted, (carry, (one, zero, zero, zero, zero_i)))
+        acc = acc / jnp.maximum(num_moves, 1).astype(acc.dtype)
+    pop, cache, extra, res, dead = carry
     renewed = None
     if start is not None:
         extra, start = extra
         renewed = renewal(pop.log_weights, start, _statistic(target_of((extra, None)), cache))
-    noise = -jnp.sum(jnp.log(jnp.clip(move_cess, 1e-30, 1.0)))
-    return pop, cache, extra, MoveInfo(jnp.min(move_cess), noise, jnp.mean(acc), res, dead[0],
-                                       jnp.sum(jumps), jnp.sum(divs), dead[1], renewed)
+    return pop, cache, extra, MoveInfo(move_cess, noise, acc, res, dead[0], jumps, divs,
+                                       dead[1], renewed)
 
 
 def step(key, pop, cache, increment, kernel, target, step_size, scale_fn, num_moves,
-         threshold, scheme="systematic", extra=None, hook=None, hook_first=False):
+         threshold, scheme="systematic", extra=None, hook=None, hook_first=False,
+         max_moves=None):
     """One stage: reweight by ``increment`` (per walker), resample if the ESS is below
     ``threshold``, fit the preconditioner (``scale_fn(pop) -> (scale, aux)``) and apply
     :func:`move`. ``cache=None``: evaluate the target on the resampled walkers.
@@ -297,7 +319,8 @@ def step(key, pop, cache, increment, kernel, target, step_size, scale_fn, num_mo
         cache = _evaluate(target, extra, pop.x)
     scale, aux = scale_fn(pop)
     pop, cache, extra, info = move(k_move, pop, cache, kernel, target, step_size, scale,
-                                   num_moves, threshold, scheme, extra, hook, hook_first)
+                                   num_moves, threshold, scheme, extra, hook, hook_first,
+                                   max_moves)
     tail_after = None
     if kernel is not None and kernel.invariant and hook is None:
         # The moves do not touch the weights: they are the ones recorded, or uniform.
@@ -453,7 +476,8 @@ def _bridge(key, pop, cache, path, a, b, kernel, step_size, scale_fn, threshold,
 
 def advance(key, pop, cache, path, a, b, kernel, step_size, scale_fn, num_moves, threshold,
             scheme="systematic", extra=None, hook=None, hook_first=False, *, move_first=False,
-            resample_last=False, waste_free=False, revive=True, keep_cache=False):
+            resample_last=False, waste_free=False, revive=True, keep_cache=False,
+            max_moves=None):
     """One stage along ``path`` (a value of :mod:`numpyro_jarzynski.engine.path`) from point
     ``a`` to point ``b``: the front-ends supply their path and their moves, the stage does the
     rest.
@@ -470,6 +494,9 @@ def advance(key, pop, cache, path, a, b, kernel, step_size, scale_fn, num_moves,
       ``a → b`` itself: it runs once, with a :class:`~.path.Crossing` of the two targets as
       its target, and the stage books no work at fixed walkers.
 
+    ``max_moves``: ``num_moves`` is a traced count of at most ``max_moves`` moves (the
+    default order only; :func:`move`).
+
     ``cache``: the target's cache at ``a`` for the walkers (``None``: evaluated here). A path
     whose cache serves every point (``path.shared_cache``, tempering's split cache) carries it
     through; otherwise the moves at ``b`` evaluate it afresh. ``revive``: dead walkers get a
@@ -479,6 +506,10 @@ def advance(key, pop, cache, path, a, b, kernel, step_size, scale_fn, num_moves,
     ``move_first`` on a path without a shared cache, unless ``keep_cache``: then ``b``'s,
     evaluated at the moved walkers, for a caller that carries it to its next stage).
     """
+    if max_moves is not None and (move_first or resample_last or waste_free
+                                  or getattr(kernel, "bridging", False)):
+        raise ValueError("a traced number of moves (max_moves) needs the default order: no "
+                         "move_first, resample_last, waste_free or bridging move.")
     if getattr(kernel, "bridging", False):
         if num_moves != 1 or waste_free or move_first or resample_last:
             raise ValueError("a bridging move crosses the stage once: num_moves=1, no "
@@ -508,7 +539,7 @@ def advance(key, pop, cache, path, a, b, kernel, step_size, scale_fn, num_moves,
                                   scale_fn, num_moves + 1, scheme, extra, hook, hook_first)
         else:
             out = step(key, pop, cache, increment, kernel, path.target(b), step_size, scale_fn,
-                       num_moves, threshold, scheme, extra, hook, hook_first)
+                       num_moves, threshold, scheme, extra, hook, hook_first, max_moves)
     if not revive:
         return out
     pop, cache, extra, aux, info = out

@@ -113,7 +113,18 @@ class JarzynskiSMC(MCMCKernel):
         draws independent of the population (8 rounds of the stage's own rule), starting from
         ``d^{-1/3}`` for MALA, ``0.5 d^{-1/3}`` for ULA, ``min(d^{-1/4}, π/(2L))`` for HMC and
         ``min(0.5 d^{-1/4}, π/(2L))`` for unadjusted HMC; a value given here is used as is.
-    :param int num_moves: moves per stage.
+    :param int num_moves: moves per stage (with ``target_renewal``: the fewest per stage).
+    :param float target_renewal: choose the number of moves of each stage from the previous
+        stage's renewal of the log likelihood (``state.history.renewal``: about 1 for moves
+        that draw afresh, near 0 for moves that leave it where it was), so that a stage's
+        moves renew about this fraction of it (:func:`~numpyro_jarzynski.engine.moves.moves_for_renewal`:
+        ``m' = m·log(1 − r*)/log(1 − r)``, between ``num_moves`` and ``max_moves``). The
+        moves go where the path needs them (a mixture's end, where the clusters form) instead
+        of the same count everywhere; the count of every stage is in
+        ``state.history.num_moves``. Default ``None``: ``num_moves`` every stage. Not with
+        ``move="auto"`` or ``waste_free``. See ``docs/moves.md``.
+    :param int max_moves: the most moves per stage with ``target_renewal`` (default
+        ``10 × num_moves``).
     :param schedule: ``"adaptive"`` (bisection on the conditional ESS), ``"linear"``,
         ``"geometric"``, or an array with one β per warmup stage ending at 1.
     :param bool waste_free: waste-free SMC (Dau & Chopin 2022): every stage resamples
@@ -206,6 +217,8 @@ class JarzynskiSMC(MCMCKernel):
         move="mala",
         step_size=None,
         num_moves=2,
+        target_renewal=None,
+        max_moves=None,
         schedule="adaptive",
         target_ess=0.9,
         budget_fill=0.9,
@@ -256,6 +269,8 @@ class JarzynskiSMC(MCMCKernel):
             if isinstance(move, Auto):
                 raise ValueError("waste_free=True is not available with move='auto' yet; "
                                  "pick one move.")
+        self.target_renewal, self.max_moves = _check_renewal(
+            target_renewal, max_moves, num_moves, move, self.waste_free)
         target_ess = _check_open_unit("target_ess", target_ess)
         if target_ess < MIN_TARGET_ESS:
             raise ValueError(
@@ -468,6 +483,8 @@ class JarzynskiSMC(MCMCKernel):
             discrete_move=None,
             waste_free=self.waste_free,
             mass=self.mass,
+            target_renewal=self.target_renewal,
+            max_moves=self.max_moves,
         )
 
     def _default_step_size(self, dim, move=None):
@@ -479,7 +496,7 @@ class JarzynskiSMC(MCMCKernel):
         construction compiles a new program instead of reusing a stale one)."""
         settings = (
             self.num_particles, repr(self.move), repr(self.gibbs), self.discrete_first,
-            self._step_size, self.num_moves,
+            self._step_size, self.num_moves, self.target_renewal, self.max_moves,
             self.schedule if isinstance(self.schedule, str) else np.asarray(self.schedule),
             self.target_ess, self.budget_fill, self.min_increment, self.resample_threshold,
             repr(self.resampling),
@@ -555,7 +572,8 @@ class JarzynskiSMC(MCMCKernel):
             h = self._step_size if self._step_size is not None else pilot(
                 self.move, self._default_step_size(dim), self.target_accept, self.num_moves)
         return self._shard(
-            init_state(key_state, z, log_w, cache, h, num_warmup, codec, auto_steps))
+            init_state(key_state, z, log_w, cache, h, num_warmup, codec, auto_steps,
+                       self.num_moves))
 
     def _pilot_keys(self, rng_key, spec):
         """The keys of the ``PILOT_PARTICLES`` pilot draws, or ``None`` where no step is tuned:
@@ -684,6 +702,33 @@ class JarzynskiSMC(MCMCKernel):
 
     def get_diagnostics_str(self, state):
         return f"beta {float(state.beta):.3f}, ess {float(state.ess):.2f}, log Z {float(state.log_evidence):.3f}"
+
+
+def _check_renewal(target_renewal, max_moves, num_moves, move, waste_free):
+    """``(target_renewal, max_moves)`` validated (``(None, None)``: a fixed count)."""
+    if target_renewal is None:
+        if max_moves is not None:
+            raise ValueError(
+                "max_moves bounds the moves per stage chosen with target_renewal; without "
+                "target_renewal every stage runs num_moves. Pass target_renewal=... (e.g. "
+                "0.3) or drop max_moves.")
+        return None, None
+    target_renewal = _check_open_unit(
+        "target_renewal", target_renewal,
+        " It is the fraction of the log likelihood's spread a stage's moves should renew "
+        "(e.g. 0.3).")
+    if isinstance(move, Auto):
+        raise ValueError(  # noqa: TRY004 (a setting that conflicts, not a wrong type)
+            "target_renewal is not available with move='auto', which sets each candidate's "
+            "moves per stage itself; pick one move.")
+    if waste_free:
+        raise ValueError("target_renewal is not available with waste_free=True, whose chain "
+                         "length num_moves + 1 fixes the population's layout.")
+    max_moves = 10 * num_moves if max_moves is None else _check_count("max_moves", max_moves, 1)
+    if max_moves < num_moves:
+        raise ValueError(f"max_moves={max_moves} is below num_moves={num_moves}, the fewest "
+                         "moves per stage with target_renewal. Use max_moves >= num_moves.")
+    return target_renewal, max_moves
 
 
 def _check_chunk_size(chunk_size, num_particles, mesh):

@@ -130,7 +130,11 @@ class SMCInfo(NamedTuple):
     a fresh draw, near 0 for moves that leave it where it was; the walkers' start values travel
     with them through any resampling between moves; NaN where the log likelihood does not vary
     over the walkers or the stage does not measure it (waste-free stages, whose kept states
-    have no single start), and then ``auto`` scores the coordinates' ``jump`` per move).
+    have no single start), and then ``auto`` scores the coordinates' ``jump`` per move);
+    ``num_moves``: the moves the stage ran (``num_moves``, or the count chosen from the
+    previous stage's renewal with ``target_renewal``; ``move="auto"``: its candidate's moves
+    per stage). Gradients per particle of a stage: ``num_moves`` × the move's gradients per
+    move.
     """
 
     beta: jax.Array
@@ -154,6 +158,7 @@ class SMCInfo(NamedTuple):
     trial_index: jax.Array
     trial_score: jax.Array
     renewal: jax.Array
+    num_moves: jax.Array
 
     @property
     def pareto_khat(self):
@@ -170,7 +175,7 @@ class SMCInfo(NamedTuple):
 StageHistory = SMCInfo
 STAGE_FIELDS = SMCInfo._fields
 INT_STAGE_FIELDS = ("resampled", "num_dead", "num_failed", "num_divergent", "move_index",
-                    "trial_index")
+                    "trial_index", "num_moves")
 # Per-stage records of the weights' tail (a vector per stage), fitted after the run.
 TAIL_STAGE_FIELDS = ("weight_tail", "weight_tail_before_resampling")
 # The per-stage numbers a finished run reports (the tails replaced by their k-hat).
@@ -198,7 +203,9 @@ class SMCState(NamedTuple):
     negligible weight) count over the whole run. ``ess`` (normalised Kish ESS) and
     ``pareto_khat`` (PSIS k-hat, ``-inf`` for uniform weights) are properties of the current
     weights. ``failed`` is set (and the state frozen at the last good stage) when every
-    particle died at stage ``fail_stage`` while moving to ``fail_beta``.
+    particle died at stage ``fail_stage`` while moving to ``fail_beta``. ``num_moves``: the
+    moves the next stage runs (fixed, or chosen from the last stage's renewal with
+    ``target_renewal``).
 
     Collectable with ``mcmc.run(..., extra_fields=(...))``: every field and property here
     (``z``, ``log_weights``, ``beta``, ``log_evidence``, ``step_size``: the step the next
@@ -224,6 +231,7 @@ class SMCState(NamedTuple):
     fail_beta: jax.Array
     history: StageHistory
     auto: AutoState
+    num_moves: jax.Array  # moves the next stage runs (adapted with target_renewal)
     rng_key: jax.Array
 
     @property
@@ -311,6 +319,10 @@ class TemperingConfig:
     discrete_changes_density: bool = True  # False: every discrete site is summed out of log γ
     waste_free: bool = False  # resample N/(num_moves+1) and keep every state of their chains
     mass: Any = PC.DIAGONAL  # the preconditioner fitted per stage (diagonal, dense, low rank)
+    # Moves per stage chosen from the previous stage's renewal of the log likelihood (None:
+    # num_moves every stage); between num_moves and max_moves.
+    target_renewal: float | None = None
+    max_moves: int | None = None
 
 
 class Codec(NamedTuple):
@@ -329,9 +341,10 @@ def _finite(v):
     return jnp.where(jnp.isfinite(v), v, -jnp.inf)
 
 
-def init_state(rng_key, z, log_weights, cache, step_size, num_stages, codec, auto_steps=()):
+def init_state(rng_key, z, log_weights, cache, step_size, num_stages, codec, auto_steps=(),
+               num_moves=1):
     """The state before the first stage. ``auto_steps``: the initial step of every candidate
-    of ``move="auto"`` (empty for a fixed move)."""
+    of ``move="auto"`` (empty for a fixed move); ``num_moves``: the first stage's moves."""
     x, _ = codec.split(z)
     log_weights = jnp.where(
         jnp.isfinite(cache.log_prior) & jnp.isfinite(cache.log_lik), W.sanitize(log_weights), -jnp.inf
@@ -367,6 +380,7 @@ def init_state(rng_key, z, log_weights, cache, step_size, num_stages, codec, aut
             jnp.full((len(auto_steps),), jnp.nan, dtype),
             jnp.full((len(auto_steps),), -1, jnp.int32),
         ),
+        num_moves=jnp.asarray(num_moves, jnp.int32),
         rng_key=rng_key,
     )
 
@@ -488,9 +502,10 @@ def _move_stage(key, state, pop, disc, evaluate, config, kernel):
     continuous = kernel if pop.x.shape[-1] > 0 else None
     scale_fn = lambda p: crossfit_scale(p, state.scale, config.mass)
     pop, cache, disc, pooled, info = S.advance(
-        key, pop, state.cache, path, beta_a, beta_b, continuous, h, scale_fn, config.num_moves,
-        config.resample_threshold, config.resampling, extra=disc, hook=hook,
-        hook_first=config.discrete_first, waste_free=config.waste_free,
+        key, pop, state.cache, path, beta_a, beta_b, continuous, h, scale_fn,
+        _stage_moves(state, config), config.resample_threshold, config.resampling, extra=disc,
+        hook=hook, hook_first=config.discrete_first, waste_free=config.waste_free,
+        max_moves=config.max_moves if config.target_renewal is not None else None,
     )
     # An invariant move without a Gibbs hook leaves the weights as recorded (or uniform
     # after a resampling): the stage knows their tail without a second top-k.
@@ -501,6 +516,12 @@ def _move_stage(key, state, pop, disc, evaluate, config, kernel):
                   info.num_divergent, tail_after, share,
                   jnp.full((), jnp.nan, info.jump.dtype) if info.renewal is None
                   else info.renewal), pooled
+
+
+def _stage_moves(state, config):
+    """The moves of this stage: ``config.num_moves``, or with ``target_renewal`` the count
+    the previous stage chose (``state.num_moves``, traced)."""
+    return config.num_moves if config.target_renewal is None else state.num_moves
 
 
 # The first step is tuned on this many independent prior draws, over this many rounds.
@@ -648,9 +669,15 @@ def _stage(state, evaluate, codec, config):
         tried = measured(auto, j, second[0], second[2])
         auto = jax.tree.map(lambda a, b: jnp.where(trial >= 0, a, b), tried, auto)
         trial_score = jnp.where(trial >= 0, auto.score[j], jnp.nan)
+        count = jnp.asarray(moves, jnp.int32)[idx]
     else:
         idx, auto = jnp.zeros((), jnp.int32), state.auto
         moved, pooled, new_h = _run_kernel(k_stage, state, pop, disc, evaluate, config, kernel, h)
+        count = jnp.asarray(_stage_moves(state, config), jnp.int32)
+    next_count = state.num_moves
+    if config.target_renewal is not None:
+        next_count = M.moves_for_renewal(count, moved.renewal, config.target_renewal,
+                                         config.num_moves, config.max_moves)
     pop, cache, disc, beta_b = moved.pop, moved.cache, moved.disc, moved.beta_b
     pooled, shrinkage = pooled
     num_dead = moved.num_dead
@@ -672,7 +699,7 @@ def _stage(state, evaluate, codec, config):
         num_failed=moved.num_failed,
         jump=moved.jump, num_divergent=moved.num_divergent, move_index=idx,
         mass_shrinkage=shrinkage, trial_index=trial, trial_score=trial_score,
-        renewal=moved.renewal,
+        renewal=moved.renewal, num_moves=count,
     )
     info = SMCInfo(*(jnp.asarray(v, jnp.int32 if f in INT_STAGE_FIELDS else ess.dtype)
                      for f, v in zip(STAGE_FIELDS, info)))
@@ -691,6 +718,7 @@ def _stage(state, evaluate, codec, config):
         scale=pooled,
         num_unique=num_unique,
         auto=auto,
+        num_moves=next_count,
         rng_key=key,
     ), info
 
@@ -709,22 +737,26 @@ def _run_kernel(key, state, pop, disc, evaluate, config, kernel, h):
     # Gibbs update killed walkers) leaves the weights as they were.
     move = kernel if kernel.invariant else K.Switch(kernel, kernel.adjusted(), beta_a >= 1.0)
     moved, pooled = _move_stage(key, state, pop, disc, evaluate, config, move)
+    count = jnp.asarray(_stage_moves(state, config), moved.jump.dtype)
     if not config.adapt_step_size:
         new_h = h
     elif kernel.invariant:
         new_h = M.adapt_step_size(h, moved.acceptance, config.target_accept,
                                   max_step=kernel.max_step)
     else:
+        # With a number of moves chosen per stage, the step keeps num_moves moves' noise at
+        # the target: the noise of the moves run, scaled to num_moves of them.
+        noise = moved.noise * (config.num_moves / count)
         new_h = jnp.where(
             beta_a >= 1.0,
             M.adapt_step_size(h, moved.acceptance, kernel.adjusted().default_target,
                               max_step=kernel.max_step),
-            _noise_step_rule(h, moved.noise / moved.noise_share, config.target_accept,
+            _noise_step_rule(h, noise / moved.noise_share, config.target_accept,
                              kernel.max_step, kernel.noise_exponent),
         )
     if config.adapt_step_size and isinstance(kernel, K._Hamiltonian):
         # Jump per move (a waste-free stage records half of its chains' summed jump).
-        per_move = moved.jump * (2.0 if config.waste_free else 1.0) / config.num_moves
+        per_move = moved.jump * (2.0 if config.waste_free else 1.0) / count
         moved_fraction = (moved.acceptance if kernel.invariant
                           else jnp.where(beta_a >= 1.0, moved.acceptance, 1.0))
         new_h = jnp.minimum(new_h, kernel.trajectory_cap(h, per_move, moved_fraction))
