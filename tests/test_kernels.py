@@ -278,15 +278,10 @@ def _auto_rule(history, candidates, moves_per_stage, explore):
     return np.array(want), idx, np.array(want_trial), trials
 
 
-def test_auto_follows_its_rule_and_stays_exact():
-    """``move="auto"`` on a conjugate Gaussian (d = 4): the stage-by-stage choice is the
-    documented rule replayed from the history, and the log evidence is exact within its
-    Monte Carlo error."""
+def _conjugate_d4():
+    """``(model, y, exact log Z)``: z ~ N(0, I₄), six observations y ~ N(z, I₄)."""
     import numpyro
     import numpyro.distributions as dist
-    from numpyro.infer import MCMC
-
-    from numpyro_jarzynski import JarzynskiSMC
 
     y = np.random.default_rng(1).normal(0.7, 1.0, size=(6, 4)).astype(np.float32)
 
@@ -297,6 +292,18 @@ def test_auto_follows_its_rule_and_stays_exact():
     n = y.shape[0]
     exact = sum(-0.5 * (col @ (np.eye(n) - np.ones((n, n)) / (1 + n)) @ col)
                 - 0.5 * n * np.log(2 * np.pi) - 0.5 * np.log(1 + n) for col in y.T.astype(float))
+    return model, y, exact
+
+
+def test_auto_follows_its_rule_and_stays_exact():
+    """``move="auto"`` on a conjugate Gaussian (d = 4): the stage-by-stage choice is the
+    documented rule replayed from the history, and the log evidence is exact within its
+    Monte Carlo error."""
+    from numpyro.infer import MCMC
+
+    from numpyro_jarzynski import JarzynskiSMC
+
+    model, y, exact = _conjugate_d4()
     # Two invariant candidates keep the compiled program small (one stage body each).
     auto = K.Auto(candidates=(K.MALA(), K.HMC(num_steps=2)), explore=3)
     runs = 8
@@ -371,21 +378,11 @@ def test_target_renewal_follows_its_rule_and_stays_exact(move):
     to stage), and the log evidence of the conjugate Gaussian stays exact within its Monte
     Carlo error, for an invariant move and for an unadjusted one (whose Crooks increments
     then come from a number of moves that changes per stage)."""
-    import numpyro
-    import numpyro.distributions as dist
     from numpyro.infer import MCMC
 
     from numpyro_jarzynski import JarzynskiSMC
 
-    y = np.random.default_rng(1).normal(0.7, 1.0, size=(6, 4)).astype(np.float32)
-
-    def model(y):
-        z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([4]).to_event(1))
-        numpyro.sample("y", dist.Normal(z, 1.0).to_event(1), obs=y)
-
-    n = y.shape[0]
-    exact = sum(-0.5 * (col @ (np.eye(n) - np.ones((n, n)) / (1 + n)) @ col)
-                - 0.5 * n * np.log(2 * np.pi) - 0.5 * np.log(1 + n) for col in y.T.astype(float))
+    model, y, exact = _conjugate_d4()
     runs, target, hi = 8, 0.8, 6
     kernel = JarzynskiSMC(model, num_particles=1000, move=move, num_moves=1,
                           target_renewal=target, max_moves=hi)
