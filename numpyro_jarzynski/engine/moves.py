@@ -87,7 +87,6 @@ def adapt_step_size(step_size, acceptance, target, rate=1.0, max_step=1.0):
     return jnp.minimum(step_size * jnp.exp(rate * (acceptance - target)), max_step)
 
 
-
 def moves_for_renewal(num_moves, renewal, target, lo, hi):
     r"""Moves for the next stage, from this stage's ``renewal`` (of the log likelihood,
     :func:`numpyro_jarzynski.engine.stage.renewal`) over its ``num_moves`` moves, so that the
@@ -105,6 +104,7 @@ def moves_for_renewal(num_moves, renewal, target, lo, hi):
     want = num_moves * (jnp.log1p(-target) / jnp.log1p(-r))
     m = jnp.clip(jnp.round(want), lo, hi)
     return jnp.where(jnp.isfinite(renewal), m, num_moves).astype(jnp.int32)
+
 
 # ---------------------------------------------------------------------------------------------
 # Increments of the generative-SDE steps used by the interpolant front-end.

@@ -182,10 +182,10 @@ def run_health(state, num_particles, target_ess=0.9, num_chains=None, num_moves=
         same = h.move_index[ran][1:] == h.move_index[ran][:-1]  # move="auto" switches steps
         reductions = int(np.sum(same & (steps[1:] < 0.5 * steps[:-1]))) if steps.size > 1 else 0
         renewal = _renewals(h.jump[ran], h.resampled[ran], h.beta[ran])
-        # Proposals per stage: the stage's recorded moves (a count chosen per stage, or
-        # move="auto"'s candidate's), else the kernel's num_moves.
-        moves = np.asarray(getattr(h, "num_moves", np.zeros_like(h.num_divergent)))[ran]
-        moves = np.where(moves > 0, moves, max(int(num_moves), 1))
+        # Proposals per stage: the moves the stage recorded (a count chosen per stage, or
+        # move="auto"'s candidate's); num_moves only for a record without them.
+        moves = np.maximum(np.asarray(h.num_moves)[ran], 1) if hasattr(h, "num_moves") \
+            else max(int(num_moves), 1)
         div = h.num_divergent[ran] / (num_particles * moves)
         div_i = int(np.argmax(div)) if div.size else -1
         out.append(RunHealth(
