@@ -232,7 +232,10 @@ def test_single_run_without_chain_axis(single_run, capsys):
     result = D.print_summary(single_run)
     out = capsys.readouterr().out
     assert "mu[2]" in out and "mu[3]" not in out and len(result.table) == 3
-    assert np.isnan(result.log_evidence_se)
+    # One run: its own error bar (the genealogy's), not a spread over runs.
+    own = float(np.atleast_1d(single_run.last_state.log_evidence_se)[0])
+    assert np.isfinite(own) and own > 0 and result.log_evidence_se == pytest.approx(own)
+    assert "one run: its error bar from the particles' genealogy" in out
 
 
 def test_bad_inputs(run):

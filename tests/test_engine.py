@@ -56,6 +56,40 @@ def test_resampling_is_unbiased(scheme):
     assert counts[:, 1].max() == 0  # zero weight is never chosen
     if scheme == "systematic":  # each count is within one of N W_i
         assert np.all(np.abs(np.asarray(counts) - n * w) < 1 + 1e-6)
+    if scheme == "multinomial":  # independent draws: Var(count_i) = N W_i (1 − W_i)
+        var, exact = np.asarray(counts.var(0)), n * w * (1 - w)
+        big = w >= 0.05  # the sample variance of 4000 counts is within ~3 % of it
+        assert np.all(np.abs(var[big] / exact[big] - 1) < 0.12), (var, exact)
+
+
+def test_sorted_uniforms_are_the_order_statistics_of_uniforms():
+    """``U_(k)`` of n uniforms is Beta(k, n + 1 − k): mean k/(n+1); sorted, in [0, 1)."""
+    n, reps = 5, 4000
+    u = jax.vmap(lambda k: resampling.sorted_uniforms(k, n, jnp.float32))(
+        jax.random.split(jax.random.key(2), reps))
+    u = np.asarray(u)
+    assert np.all(np.diff(u, axis=1) >= 0) and u.min() >= 0 and u.max() < 1
+    k = np.arange(1, n + 1)
+    sd = np.sqrt(k * (n + 1 - k) / ((n + 1) ** 2 * (n + 2)) / reps)
+    assert np.all(np.abs(u.mean(0) - k / (n + 1)) < 5 * sd)
+
+
+def test_log_evidence_variance_closed_forms():
+    """Lee & Whiteley's estimator in its two closed forms: before any resampling (every walker
+    its own Eve) it is the unbiased importance-sampling estimate of ``Var(Ẑ)/Ẑ²``, the sample
+    variance of the weights over ``N`` mean²; when every walker descends from one Eve it is 1.
+    Shift-invariant in the log weights."""
+    rng = np.random.default_rng(0)
+    lw = rng.normal(size=50).astype(np.float32)
+    w = np.exp(lw.astype(np.float64))
+    rel = np.var(w, ddof=1) / (w.size * np.mean(w) ** 2)
+    got = W.log_evidence_variance(jnp.asarray(lw), jnp.arange(50), 0)
+    np.testing.assert_allclose(float(got), np.log1p(rel), rtol=1e-4)
+    shifted = W.log_evidence_variance(jnp.asarray(lw) + 1e4, jnp.arange(50), 0)
+    # (A + 10⁴ itself rounds in float32, ulp 1e-3: the tolerance is that rounding.)
+    np.testing.assert_allclose(float(shifted), float(got), rtol=2e-3)
+    one = W.log_evidence_variance(jnp.asarray(lw), jnp.zeros(50, jnp.int32), 3)
+    np.testing.assert_allclose(float(one), np.log(2.0), rtol=1e-6)
 
 
 def test_unknown_scheme_error():

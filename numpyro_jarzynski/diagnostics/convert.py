@@ -274,7 +274,14 @@ def to_datatree(
     stats = tree["sample_stats"].to_dataset()
     for field in HEALTH_FIELDS:
         stats[field] = ("chain", np.asarray([getattr(h, field) for h in health]))
-    stats.attrs["run_report"] = "\n".join(m for h in health for m in report.messages(h))
+    # The single-run error bar is the final state's: it belongs to a collected population
+    # whose log evidence is the final one (every population after the annealing).
+    final = np.asarray([h.log_evidence for h in health])
+    se = np.asarray([h.log_evidence_se for h in health])
+    stats["log_marginal_likelihood_se"] = ("chain", np.where(log_z == final, se, np.nan))
+    msgs = [m for h in health for m in report.messages(h)]
+    across = report.disagreement(health, getattr(mcmc.sampler, "resampling", None) == "multinomial")
+    stats.attrs["run_report"] = "\n".join(msgs + ([across] if across else []))
     tree["sample_stats"] = stats
     tree.attrs["weighted_population"] = int(not resampled)
     return tree

@@ -114,9 +114,11 @@ class WeightedSummary:
     :ivar table: ``pandas.DataFrame``, one row per scalar quantity (ArviZ labels, e.g.
         ``mu[0]``): mean, sd, eti bounds, mcse_mean, ess_kish, r_hat.
     :ivar runs: ``pandas.DataFrame``, one row per run: ess_kish, ess (normalised),
-        pareto_k, log_marginal_likelihood.
+        pareto_k, log_marginal_likelihood and its single-run standard error
+        log_marginal_likelihood_se (NaN for a population that is not the run's last).
     :ivar log_evidence: mean of the runs' log evidence estimates.
-    :ivar log_evidence_se: its standard error (NaN with one run).
+    :ivar log_evidence_se: its standard error: over runs, or with one run that run's own
+        (``log_marginal_likelihood_se`` in ``runs``, from the particles' genealogy).
     :ivar warnings: messages about unreliable weights.
     """
 
@@ -129,10 +131,13 @@ class WeightedSummary:
 
     def header(self):
         c, n = len(self.runs), self.num_particles
+        how = ("se over runs: Monte Carlo spread only, blind to a bias all runs share; see "
+               "the stage checks" if c > 1 else
+               "one run: its error bar from the particles' genealogy, blind to a mode no "
+               "particle reached; several runs (num_chains) also check each other")
         return (
             f"JarzynskiSMC: {c} run(s) x {n} particles; "
-            f"log evidence {self.log_evidence:.4f} ± {self.log_evidence_se:.4f} (se over runs: "
-            "Monte Carlo spread only, blind to a bias all runs share; see the stage checks)"
+            f"log evidence {self.log_evidence:.4f} ± {self.log_evidence_se:.4f} ({how})"
         )
 
     num_particles = None
@@ -259,17 +264,22 @@ def summary(data, var_names=None, *, step=-1, ci_prob=None, rng_key=None, warn=T
 
     khat = pareto_khat(log_w)
     log_z = stats["log_marginal_likelihood"].values.astype(np.float64)
+    run_se = (stats["log_marginal_likelihood_se"].values.astype(np.float64)
+              if "log_marginal_likelihood_se" in stats else np.full(num_chains, np.nan))
     runs = pd.DataFrame(
         {
             "ess_kish": ess_runs,
             "ess": ess_runs / num_particles,
             "pareto_k": khat,
             "log_marginal_likelihood": log_z,
+            "log_marginal_likelihood_se": run_se,
         },
         index=pd.Index(np.arange(num_chains), name="chain"),
     )
     log_z_mean = float(np.mean(log_z))
-    log_z_se = float(np.std(log_z, ddof=1) / np.sqrt(num_chains)) if num_chains > 1 else np.nan
+    # Several runs: the spread over runs. One run: its own error bar (the genealogy's).
+    log_z_se = (float(np.std(log_z, ddof=1) / np.sqrt(num_chains)) if num_chains > 1
+                else float(run_se[0]))
 
     messages = []
     bad = np.flatnonzero(khat > KHAT_THRESHOLD)

@@ -12,11 +12,17 @@ from numpyro_jarzynski.engine.resampling import get_scheme
 
 class Population(NamedTuple):
     """Walkers ``x`` (any pytree with a leading particle axis), their log-weights ``A`` and the
-    log normaliser banked at past resampling events. ``log Z_k/Z_0 ≈ log_z_banked + lme(A)``."""
+    log normaliser banked at past resampling events. ``log Z_k/Z_0 ≈ log_z_banked + lme(A)``.
+
+    ``eve``: optionally, each walker's Eve index, the walker of the initial population it
+    descends from (``int32 (N,)``; ``None``: not tracked). Resampling carries it along with the
+    walkers; :func:`~numpyro_jarzynski.engine.weights.log_evidence_variance` reads the
+    evidence's Monte Carlo error from it."""
 
     x: Any
     log_weights: jax.Array
     log_z_banked: jax.Array
+    eve: Any = None
 
     @property
     def log_evidence(self):
@@ -70,6 +76,7 @@ def _resample_with_indices(rng_key, pop, scheme, *extra):
         take(pop.x, idx),
         jnp.zeros_like(pop.log_weights),
         pop.log_z_banked + W.log_mean_exp(pop.log_weights),
+        take(pop.eve, idx),
     )
     return (new,) + tuple(take(e, idx) for e in extra) + (idx,)
 

@@ -357,7 +357,7 @@ def step_waste_free(key, pop, cache, increment, kernel, target, step_size, scale
     # M ancestors: the same scheme, asked for M indices.
     idx = jnp.sort(get_scheme(scheme)(k_res, pop.log_weights, m))
     start = Population(take(pop.x, idx), jnp.zeros(m, pop.log_weights.dtype),
-                       pop.log_z_banked + W.log_mean_exp(pop.log_weights))
+                       pop.log_z_banked + W.log_mean_exp(pop.log_weights), take(pop.eve, idx))
     cache, extra = take(cache, idx), take(extra, idx)
     res = ResampleInfo(ess_before, jnp.ones((), jnp.int32), num_unique_sorted(idx))
     scale, aux = scale_fn(start)
@@ -377,7 +377,9 @@ def step_waste_free(key, pop, cache, increment, kernel, target, step_size, scale
     # (chain_length, M, ...) -> (N, ...): the start states, then every state of every chain.
     x, log_w, cache, extra = jax.tree.map(
         lambda a, b: jnp.concatenate([a[None], b]).reshape((n,) + a.shape[1:]), first, kept)
-    pop = Population(x, log_w, start.log_z_banked)
+    # Every kept state descends from its chain's start (state t of chain m sits at t·M + m).
+    eve = None if start.eve is None else jnp.tile(start.eve, chain_length)
+    pop = Population(x, log_w, start.log_z_banked, eve)
     noise = -jnp.sum(jnp.log(jnp.clip(move_cess, 1e-30, 1.0)))
     return pop, cache, extra, aux, StageInfo(
         cess, tail_before, jnp.min(move_cess), noise, jnp.mean(acc), res, dead + dead_moves[0],

@@ -110,6 +110,36 @@ def log_evidence_increment(log_w, increment):
     return logsumexp(log_normalize(log_w) + inc)
 
 
+def eve_masses(log_w, eve):
+    """``S_e = Σ_{i: eve_i = e} W_i``: the normalised weight each walker of the initial
+    population still holds through its descendants (``eve`` as in
+    :class:`~numpyro_jarzynski.engine.population.Population`)."""
+    n = log_w.shape[0]
+    return jax.ops.segment_sum(normalized_weights(log_w), eve, num_segments=n)
+
+
+def log_evidence_variance(log_w, eve, num_resamplings):
+    """Single-run estimate of the Monte Carlo variance of ``log Ẑ`` from the genealogy
+    (Chan & Lai 2013; Lee & Whiteley 2018; for adaptive tempering, Du & Guyader 2021).
+
+    With ``S_e`` the final weight held by the descendants of initial walker ``e``
+    (:func:`eve_masses`) and ``R`` resamplings, the relative variance of ``Ẑ`` is estimated by
+    ``v = 1 − (N/(N−1))^{R+1} (1 − Σ_e S_e²)`` (Lee & Whiteley's estimator, unbiased for
+    multinomial resampling), and ``Var(log Ẑ) ≈ log(1 + v)``. Walkers that descend from one
+    initial walker are counted as one draw, so the estimate sees what resampling and slow
+    moves share between walkers; it cannot see a mode that no walker reached. Computed on
+    the normalised weights (``A − max A``). Clipped at 0 (the estimate is noisy and can fall
+    below it when the error is small)."""
+    n = log_w.shape[0]
+    s = eve_masses(log_w, eve)
+    dtype = normalized_weights(log_w).dtype
+    distinct = jnp.clip(1.0 - jnp.sum(s * s), 0.0, 1.0)
+    r = jnp.asarray(num_resamplings, dtype) + 1.0
+    factor = jnp.exp(r * (jnp.log(jnp.asarray(n, dtype)) - jnp.log(jnp.asarray(n - 1, dtype))))
+    v = 1.0 - factor * distinct
+    return jnp.log1p(jnp.maximum(v, 0.0))
+
+
 def weighted_mean(log_w, x):
     """Weighted mean of ``x`` (leading axis = particles). Dead particles contribute nothing."""
     w = normalized_weights(log_w)

@@ -26,6 +26,11 @@ What is checked, per run (chain), with the thresholds below (``docs/trust.md``):
   the density or its gradient is not finite (kept exact, but the moves did little);
 * **heavy tails**: Pareto k-hat of the weights before resampling above 0.7 at some stage;
 * **final population**: ESS below :data:`COLLAPSE_PARTICLES` particles.
+
+Across runs (chains), :func:`disagreement` compares the spread of the runs' log evidence with
+each run's own error bar (``SMCState.log_evidence_se``, from the particles' genealogy): runs
+that disagree by more than their error bars allow (χ² test at level :data:`DISAGREE_LEVEL`)
+missed different parts of the posterior, which no single-run check can see.
 """
 
 import dataclasses
@@ -42,6 +47,10 @@ POOR_RENEWAL = 0.4
 DIVERGENT_FRACTION = 0.1
 SHORT_BUDGET = 2.5  # warn when the stages needed exceed the budget by this factor
 IDLE_STAGES = 10  # k-hat advice: a budget with this many stages (and half) idle at β = 1
+DISAGREE_LEVEL = 1e-3  # false-alarm rate of the runs' agreement test when the error bars hold
+# The single-run error bar assumes multinomial resampling; with another scheme it was measured
+# up to 2.1x too small, so the agreement test widens it by this factor there.
+OTHER_SCHEME_SE_FACTOR = 2.0
 
 
 class SMCFailure(FloatingPointError):
@@ -85,6 +94,8 @@ class RunHealth:
     fail_stage: int
     fail_beta: float
     betas: np.ndarray = dataclasses.field(repr=False)
+    log_evidence: float = float("nan")
+    log_evidence_se: float = float("nan")  # single-run error bar (genealogy), nat
 
     @property
     def anneal_stages(self):
@@ -159,14 +170,14 @@ def run_health(state, num_particles, target_ess=0.9, num_chains=None, num_moves=
     # One transfer of everything the report reads (not one per array and chain).
     history, fields = jax.device_get((state.history, (
         state.beta, state.ess, state.num_dead, state.num_failed, state.failed,
-        state.fail_stage, state.fail_beta)))
+        state.fail_stage, state.fail_beta, state.log_evidence, state.log_evidence_se)))
     beta = np.asarray(fields[0])
     if num_chains is None:
         num_chains = int(beta.shape[0]) if beta.ndim else 1
     out = []
     for c in range(num_chains):
         h = _chain_view(history, c, num_chains)
-        ess, num_dead, num_failed, failed, fail_stage, fail_beta = _chain_view(
+        ess, num_dead, num_failed, failed, fail_stage, fail_beta, log_z, log_z_se = _chain_view(
             fields[1:], c, num_chains)
         ran = np.isfinite(h.beta)
         n_run = int(np.sum(ran))
@@ -217,6 +228,8 @@ def run_health(state, num_particles, target_ess=0.9, num_chains=None, num_moves=
             fail_stage=int(fail_stage),
             fail_beta=float(fail_beta),
             betas=np.asarray(h.beta[ran]),
+            log_evidence=float(log_z),
+            log_evidence_se=float(log_z_se),
         ))
     return out
 
@@ -344,8 +357,47 @@ def messages(h):
     return out
 
 
-def report_run(state, num_particles, target_ess, num_chains=None, stacklevel=3, num_moves=1):
+def disagreement(health, multinomial=True):
+    """The warning when the runs' log evidence estimates disagree beyond their own error bars,
+    or None. ``Q = Σ_c (log Ẑ_c − mean)² / mean_c(se_c²)`` is about χ² with ``C − 1`` degrees
+    of freedom when every run is right within its error bar (Lee & Whiteley's estimator,
+    unbiased with multinomial resampling; ``multinomial=False`` widens the error bars by
+    :data:`OTHER_SCHEME_SE_FACTOR`); the warning fires above its ``1 − DISAGREE_LEVEL``
+    quantile."""
+    from scipy.stats import chi2
+
+    ok = [h for h in health if not h.failed and np.isfinite(h.log_evidence)
+          and np.isfinite(h.log_evidence_se)]
+    if len(ok) < 2:
+        return None
+    log_z = np.array([h.log_evidence for h in ok])
+    se = np.array([h.log_evidence_se for h in ok]) * (1.0 if multinomial else OTHER_SCHEME_SE_FACTOR)
+    pooled = float(np.sqrt(np.mean(se**2)))
+    spread = float(np.std(log_z, ddof=1))
+    # A floor of 0.01 nat: runs that agree to within float32 rounding of a sum of many stages
+    # are not told apart, whatever their error bars say.
+    q = float(np.sum((log_z - log_z.mean()) ** 2) / max(pooled, 0.01) ** 2)
+    if q <= chi2.ppf(1.0 - DISAGREE_LEVEL, len(ok) - 1):
+        return None
+    return (
+        f"The {len(ok)} runs' log evidence estimates disagree beyond their own error bars: "
+        f"they spread with sd {spread:.3g} nat (from {log_z.min():.4g} to {log_z.max():.4g}), "
+        f"while each run's genealogy gives it an error of about {pooled:.3g} nat (χ² = {q:.1f} "
+        f"on {len(ok) - 1} degrees of freedom). Some runs missed part of the posterior, or "
+        "kept its modes in different proportions, in a way no single-run check can see. "
+        "Trust neither the mean nor its standard error. Fix: more moves per stage "
+        "(num_moves, or move='auto'), a higher target_ess or more stages (num_warmup), more "
+        "particles; for a multimodal posterior, a parametrisation or a move that crosses "
+        "between the modes."
+    )
+
+
+def report_run(state, num_particles, target_ess, num_chains=None, stacklevel=3, num_moves=1,
+               multinomial=True, compare_runs=False):
     """Warn about every problem of the run; raise :class:`SMCFailure` if a run failed.
+    ``compare_runs``: the runs are replicates (same model and data), so their log evidence
+    must agree within their error bars (:func:`disagreement`; ``multinomial``: whether they
+    resampled multinomially).
 
     Returns the list of :class:`RunHealth`.
     """
@@ -355,6 +407,9 @@ def report_run(state, num_particles, target_ess, num_chains=None, stacklevel=3, 
             if h.failed and m.startswith("Every particle"):
                 continue
             warnings.warn(m, UserWarning, stacklevel=stacklevel)
+    across = disagreement(health, multinomial) if compare_runs else None
+    if across is not None:
+        warnings.warn(across, UserWarning, stacklevel=stacklevel)
     failed = [h for h in health if h.failed]
     if failed:
         h = failed[0]
@@ -363,4 +418,4 @@ def report_run(state, num_particles, target_ess, num_chains=None, stacklevel=3, 
     return health
 
 
-__all__ = ["RunHealth", "SMCFailure", "messages", "report_run", "run_health"]
+__all__ = ["RunHealth", "SMCFailure", "disagreement", "messages", "report_run", "run_health"]

@@ -226,6 +226,8 @@ class SMCState(NamedTuple):
     cache: ParticleCache
     scale: jax.Array
     num_unique: jax.Array  # distinct ancestors left by the last resampling (N if none yet)
+    eve: jax.Array  # each particle's ancestor in the initial population (int32 (N,))
+    num_resamplings: jax.Array  # resamplings so far (all stages, warmup and after)
     failed: jax.Array
     fail_stage: jax.Array
     fail_beta: jax.Array
@@ -244,6 +246,13 @@ class SMCState(NamedTuple):
         """PSIS k-hat of the current weights (``-inf``: uniform; one per run)."""
         return W.khat_of_tail(_per_run(W.weight_tail, self.log_weights))
 
+    @property
+    def log_evidence_se(self):
+        """Single-run Monte Carlo standard error of ``log_evidence`` from the particles'
+        genealogy (:func:`~numpyro_jarzynski.engine.weights.log_evidence_variance`; one per
+        run)."""
+        return _log_evidence_se(self.log_weights, self.eve, self.num_resamplings)
+
 
 def _per_run(fn, log_w):
     """``fn`` of one run's ``(N,)`` log-weights, mapped over the leading (chain) axes."""
@@ -257,7 +266,15 @@ def _per_run(fn, log_w):
 _ess_per_run = jax.jit(lambda log_w: _per_run(W.ess, log_w))
 
 
-STATE_PROPERTIES = ("ess", "pareto_khat")
+@jax.jit
+def _log_evidence_se(log_w, eve, num_resamplings):
+    fn = lambda a, e, r: jnp.sqrt(W.log_evidence_variance(a, e, r))
+    for _ in range(jnp.ndim(log_w) - 1):
+        fn = jax.vmap(fn)
+    return fn(log_w, eve, num_resamplings)
+
+
+STATE_PROPERTIES = ("ess", "pareto_khat", "log_evidence_se")
 INFO_PROPERTIES = ("pareto_khat_before_resampling",)
 
 
@@ -311,7 +328,7 @@ class TemperingConfig:
     budget_fill: float | None = None  # plan β = 1 at this fraction of the stages (None: ASAP)
     min_increment: float = 1e-20
     resample_threshold: float = 0.5
-    resampling: Any = "systematic"
+    resampling: Any = "multinomial"  # JarzynskiSMC's default (the error bar assumes it)
     adapt_step_size: bool = True
     target_accept: float = 0.65
     discrete_move: Callable | None = None  # (key, beta, x, disc) -> disc, after each move
@@ -371,6 +388,8 @@ def init_state(rng_key, z, log_weights, cache, step_size, num_stages, codec, aut
         cache=cache,
         scale=scale,
         num_unique=jnp.asarray(n, jnp.int32),
+        eve=jnp.arange(n, dtype=jnp.int32),
+        num_resamplings=jnp.zeros((), jnp.int32),
         failed=all_dead,
         fail_stage=jnp.where(all_dead, 0, -1).astype(jnp.int32),
         fail_beta=zero,
@@ -618,7 +637,7 @@ def _stage(state, evaluate, codec, config):
     key, k_stage, k_trial = Z.split(state.rng_key, 3)
     x, disc = codec.split(state.z)
     i, h = state.i, state.step_size
-    pop = Population(x, state.log_weights, state.log_z_banked)
+    pop = Population(x, state.log_weights, state.log_z_banked, state.eve)
     log_z_before = state.log_evidence
 
     kernel = config.move
@@ -717,6 +736,8 @@ def _stage(state, evaluate, codec, config):
         cache=cache,
         scale=pooled,
         num_unique=num_unique,
+        eve=pop.eve,
+        num_resamplings=state.num_resamplings + res.resampled.astype(jnp.int32),
         auto=auto,
         num_moves=next_count,
         rng_key=key,

@@ -1,0 +1,130 @@
+"""Is one run's error bar on log Z right? ``state.log_evidence_se`` against many runs.
+
+``SMCState.log_evidence_se`` is Lee & Whiteley's (2018) single-run estimate of the Monte Carlo
+error of ``log Ẑ`` from the particles' genealogy (each walker's ancestor in the initial
+population, carried through every resampling). It is unbiased for the variance of ``Ẑ`` when
+the resampling is multinomial, the package's default since this script; with systematic
+resampling (the default before) it has no such guarantee.
+
+For each target and each scheme this runs 32 independent runs (chains vmapped, the kernel's
+own ``init`` + ``sample`` loop compiled ahead of time, as ``benchmarks/discrete_mixture.py``
+does) and prints:
+
+* the real error: the sd of the 32 log-Z estimates and their RMSE against the exact value;
+* the error bar: the root mean square of the 32 runs' ``log_evidence_se``, and the ratio
+  RMSE / error bar (1 when the error bar is right; above 1 when it is too small);
+* coverage: the fraction of runs whose log Z is within 2 error bars of the truth (0.95 for
+  a right error bar and Gaussian errors);
+* the runs' agreement check (``report.disagreement``) on the 8 groups of 4 runs a user would
+  run as ``num_chains=4``: how many of the 8 it flags (0–1 expected when the runs are right);
+* the resamplings per run and the CPU seconds of the 32 runs (compilation excluded).
+
+Targets: the conjugate Gaussians d = 10 and d = 50 (MALA, 2 moves per stage; UHMC, one
+trajectory of 4 steps, on d = 50), the two-mode target of ``smc_vs_blackjax.py`` (MALA),
+N = 1024, 37 stages; NumPyro's GMM tutorial model (``discrete_mixture.py``: N = 2000,
+101 stages, exact log Z −17.1255) at the defaults and with ``num_moves=10``. The two schemes
+are interleaved target by target.
+
+Run: ``python benchmarks/log_z_error_bar.py`` (``--targets`` picks some, ``--seeds`` the runs).
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import discrete_mixture as dm
+import jax
+import jax.numpy as jnp
+import numpy as np
+import smc_vs_blackjax as sb
+
+from numpyro_jarzynski.infer import report
+from numpyro_jarzynski.infer.report import RunHealth
+
+
+def targets():
+    gmm_args = (jnp.asarray(dm.GMM_DATA),)
+    g10, g50, two = sb.gaussian_problem(10), sb.gaussian_problem(50), sb.two_mode_problem()
+    from numpyro_jarzynski import UHMC
+
+    return {
+        "gauss10-mala": (g10.model, g10.model_args, g10.log_z, 36,
+                         {"num_particles": 1024, "move": "mala", "num_moves": 2}),
+        "gauss50-mala": (g50.model, g50.model_args, g50.log_z, 36,
+                         {"num_particles": 1024, "move": "mala", "num_moves": 2}),
+        "gauss50-uhmc": (g50.model, g50.model_args, g50.log_z, 36,
+                         {"num_particles": 1024, "move": UHMC(num_steps=4), "num_moves": 1}),
+        "twomode-mala": (two.model, two.model_args, two.log_z, 36,
+                         {"num_particles": 1024, "move": "mala", "num_moves": 2}),
+        "gmm-defaults": (dm.gmm_model, gmm_args, dm.GMM_REF, 100, {"num_particles": 2000}),
+        "gmm-10-moves": (dm.gmm_model, gmm_args, dm.GMM_REF, 100,
+                         {"num_particles": 2000, "num_moves": 10}),
+    }
+
+
+def flagged_groups(log_z, se, multinomial, size=4):
+    """How many groups of ``size`` runs the runs' agreement check flags."""
+    health_fields = {f: 0 for f in RunHealth.__dataclass_fields__}
+    health_fields.update(num_particles=1, failed=False, betas=np.ones(1))
+    flagged = 0
+    for g in range(len(log_z) // size):
+        runs = []
+        for c in range(g * size, (g + 1) * size):
+            f = dict(health_fields, chain=c, log_evidence=float(log_z[c]),
+                     log_evidence_se=float(se[c]))
+            runs.append(RunHealth(**f))
+        flagged += report.disagreement(runs, multinomial) is not None
+    return flagged, len(log_z) // size
+
+
+def measure(name, spec, scheme, seeds):
+    model, args, exact, warmup, kw = spec
+    r = dm.run_smc(model, args, seeds, 0, warmup, resampling=scheme, **kw)
+    st = r["state"]
+    log_z = np.asarray(st.log_evidence, np.float64)
+    se = np.asarray(st.log_evidence_se, np.float64)
+    rmse = float(np.sqrt(np.mean((log_z - exact) ** 2)))
+    rms_se = float(np.sqrt(np.mean(se**2)))
+    flagged, groups = flagged_groups(log_z, se, scheme == "multinomial")
+    return {
+        "target": name, "scheme": scheme, "seeds": seeds, "sd": float(log_z.std(ddof=1)),
+        "rmse": rmse, "bias": float(log_z.mean() - exact), "rms_se": rms_se,
+        "rmse_over_se": rmse / rms_se, "se_min": float(se.min()), "se_max": float(se.max()),
+        "coverage_2se": float(np.mean(np.abs(log_z - exact) < 2 * se)),
+        "groups_flagged": f"{flagged}/{groups}",
+        "resamplings": float(np.median(np.asarray(st.num_resamplings))),
+        "cpu_s": r["cpu_s"], "compile_s": r["compile_s"],
+    }
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--targets", default=",".join(targets()))
+    p.add_argument("--schemes", default="multinomial,systematic")
+    p.add_argument("--seeds", type=int, default=32)
+    a = p.parse_args(argv)
+    print(f"# log_z_error_bar: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, seeds={a.seeds}, "
+          f"jax {jax.__version__}, {jax.devices()[0].platform}, {platform.machine()}, "
+          f"{os.cpu_count()} cores", flush=True)
+    specs = targets()
+    rows = []
+    for name in a.targets.split(","):
+        for scheme in a.schemes.split(","):
+            row = measure(name, specs[name], scheme, a.seeds)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(f"\n{'target':14s} {'scheme':12s} {'sd':>7s} {'RMSE':>7s} {'err bar':>7s} "
+          f"{'RMSE/bar':>8s} {'cover 2se':>9s} {'flagged':>7s} {'resampl':>7s} {'cpu s':>6s}")
+    for r in rows:
+        print(f"{r['target']:14s} {r['scheme']:12s} {r['sd']:7.4f} {r['rmse']:7.4f} "
+              f"{r['rms_se']:7.4f} {r['rmse_over_se']:8.2f} {r['coverage_2se']:9.2f} "
+              f"{r['groups_flagged']:>7s} {r['resamplings']:7.0f} {r['cpu_s']:6.1f}")
+
+
+if __name__ == "__main__":
+    main()
