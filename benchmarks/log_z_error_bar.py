@@ -25,6 +25,12 @@ N = 1024, 37 stages; NumPyro's GMM tutorial model (``discrete_mixture.py``: N = 
 101 stages, exact log Z −17.1255) at the defaults and with ``num_moves=10``. The two schemes
 are interleaved target by target.
 
+``--resampling-cost``: instead, the CPU time of one resampling of N particles, compiled
+(compilation excluded; 20 calls, the two schemes interleaved), for the engine's multinomial scheme (inverse
+CDF at sorted uniforms), its systematic scheme and the ``jax.random.categorical(key, log_w,
+shape=(N,))`` draw that the multinomial scheme used before (a Gumbel per particle and
+candidate: N² of them).
+
 Run: ``python benchmarks/log_z_error_bar.py`` (``--targets`` picks some, ``--seeds`` the runs).
 """
 
@@ -102,12 +108,46 @@ def measure(name, spec, scheme, seeds):
     }
 
 
+def resampling_cost(sizes=(1024, 16384, 100000), calls=20):
+    from numpyro_jarzynski.engine import resampling
+
+    def categorical(key, log_w, n):
+        return jax.random.categorical(key, log_w, shape=(n,)).astype(jnp.int32)
+
+    schemes = {"multinomial": resampling.multinomial, "systematic": resampling.systematic,
+               "categorical (before)": categorical}
+    for n in sizes:
+        log_w = jax.random.normal(jax.random.key(1), (n,))
+        fns = {name: jax.jit(lambda k, lw, fn=fn, n=n: fn(k, lw, n)) for name, fn in schemes.items()
+               if not (name.startswith("categorical") and n > 16384)}  # N² Gumbels
+        cpu = dict.fromkeys(fns, 0.0)
+        # The two schemes interleaved; the old draw after them, warmed up after them too (its
+        # N × N Gumbel array, 1 GB at N = 16384, slowed the calls that followed it).
+        for group in ([k for k in fns if not k.startswith("categorical")],
+                      [k for k in fns if k.startswith("categorical")]):
+            for name in group:
+                jax.block_until_ready(fns[name](jax.random.key(0), log_w))
+            for r in range(calls):
+                for name in group:
+                    c = time.process_time()
+                    jax.block_until_ready(fns[name](jax.random.key(r), log_w))
+                    cpu[name] += time.process_time() - c
+        print(f"N = {n}: " + ", ".join(f"{k} {1e3 * v / calls:.3f} ms" for k, v in cpu.items())
+              + ("" if len(fns) == 3 else ", categorical (before) not run (N² Gumbels)"),
+              flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--targets", default=",".join(targets()))
     p.add_argument("--schemes", default="multinomial,systematic")
     p.add_argument("--seeds", type=int, default=32)
+    p.add_argument("--resampling-cost", action="store_true",
+                   help="time one resampling per scheme instead (see the module docstring)")
     a = p.parse_args(argv)
+    if a.resampling_cost:
+        resampling_cost()
+        return
     print(f"# log_z_error_bar: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, seeds={a.seeds}, "
           f"jax {jax.__version__}, {jax.devices()[0].platform}, {platform.machine()}, "
           f"{os.cpu_count()} cores", flush=True)

@@ -613,7 +613,7 @@ def _health(log_z, se):
 def test_runs_that_disagree_beyond_their_error_bars_are_reported():
     """The χ² test of the runs' agreement: four runs within their error bars pass; the same
     spread with error bars five times smaller is reported, with the numbers and the fix; a
-    non-multinomial scheme widens the error bars by the measured factor (2)."""
+    non-multinomial scheme widens the error bars by the measured factor (3)."""
     from numpyro_jarzynski.infer.report import disagreement
 
     log_z = [-17.1, -16.8, -17.4, -17.0]  # sd 0.25
@@ -622,7 +622,7 @@ def test_runs_that_disagree_beyond_their_error_bars_are_reported():
     assert msg is not None and "disagree beyond their own error bars" in msg
     assert "sd 0.25 nat" in msg and "num_moves" in msg
     # χ² = 0.18/0.1² = 18 on 3 degrees of freedom: above the 0.999 quantile (16.3) with the
-    # error bars as they are, below it once they are doubled for another scheme.
+    # error bars as they are, below it once they are tripled for another scheme.
     assert disagreement(_health(log_z, [0.1] * 4)) is not None
     assert disagreement(_health(log_z, [0.1] * 4), multinomial=False) is None
     assert disagreement(_health(log_z[:1], [0.01])) is None  # one run: nothing to compare

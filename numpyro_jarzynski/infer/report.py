@@ -48,9 +48,10 @@ DIVERGENT_FRACTION = 0.1
 SHORT_BUDGET = 2.5  # warn when the stages needed exceed the budget by this factor
 IDLE_STAGES = 10  # k-hat advice: a budget with this many stages (and half) idle at β = 1
 DISAGREE_LEVEL = 1e-3  # false-alarm rate of the runs' agreement test when the error bars hold
-# The single-run error bar assumes multinomial resampling; with another scheme it was measured
-# up to 2.1x too small, so the agreement test widens it by this factor there.
-OTHER_SCHEME_SE_FACTOR = 2.0
+# The single-run error bar assumes multinomial resampling; with systematic resampling it was
+# measured 1.0-3.0x too small (benchmarks/log_z_error_bar.py), so the agreement test widens it
+# by the worst of those factors there.
+OTHER_SCHEME_SE_FACTOR = 3.0
 
 
 class SMCFailure(FloatingPointError):
