@@ -205,7 +205,10 @@ class SMCState(NamedTuple):
     weights. ``failed`` is set (and the state frozen at the last good stage) when every
     particle died at stage ``fail_stage`` while moving to ``fail_beta``. ``num_moves``: the
     moves the next stage runs (fixed, or chosen from the last stage's renewal with
-    ``target_renewal``).
+    ``target_renewal``). ``eve``: each particle's ancestor in the initial population, carried
+    through every resampling, and ``num_resamplings`` their count: from them the property
+    ``log_evidence_se`` is the run's own error bar on ``log_evidence`` (Lee & Whiteley's
+    estimator, :func:`~numpyro_jarzynski.engine.weights.log_evidence_variance`).
 
     Collectable with ``mcmc.run(..., extra_fields=(...))``: every field and property here
     (``z``, ``log_weights``, ``beta``, ``log_evidence``, ``step_size``: the step the next
