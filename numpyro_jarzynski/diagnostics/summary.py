@@ -135,9 +135,13 @@ class WeightedSummary:
                "the stage checks" if c > 1 else
                "one run: its error bar from the particles' genealogy, blind to a mode no "
                "particle reached; several runs (num_chains) also check each other")
+        # An error bar is only as good as the run: where a check warned it can be far too
+        # small (stochastic volatility at a short budget: 6.8x; docs/trust.md).
+        warned = ("; the run(s) warned, see below: then this error bar may be far too small"
+                  if self.warnings else "")
         return (
             f"JarzynskiSMC: {c} run(s) x {n} particles; "
-            f"log evidence {self.log_evidence:.4f} ± {self.log_evidence_se:.4f} ({how})"
+            f"log evidence {self.log_evidence:.4f} ± {self.log_evidence_se:.4f} ({how}{warned})"
         )
 
     num_particles = None
