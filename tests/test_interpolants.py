@@ -91,6 +91,9 @@ def test_log_evidence_is_zero_at_ten_steps(gauss_run):
     _, _, res = gauss_run
     assert res.log_evidence.dtype == jnp.float32
     assert abs(float(res.log_evidence)) < 4 * log_mean_exp_se(res.log_weights)
+    # Without resampling the run's own error bar is the delta-method one (to N/(N − 1)).
+    np.testing.assert_allclose(float(res.log_evidence_se), log_mean_exp_se(res.log_weights),
+                               rtol=1e-2)
     assert res.ess.shape == (10,) and res.increments.shape == (10, 32768)
     assert float(res.ess[-1]) > 0.5
 
@@ -129,6 +132,27 @@ def test_resampling_keeps_evidence_and_moments_unbiased():
     var = jax.vmap(lambda lw, x: W.weighted_mean(lw, (x[:, 0] - 1.0) ** 2))(res.log_weights, res.x)
     var = np.asarray(var, np.float64)
     assert abs(var.mean() - 2.0) < 4 * var.std(ddof=1) / np.sqrt(var.size)
+
+
+def test_error_bar_with_resampling_matches_the_spread_of_runs():
+    """64 independent runs (their own initial draws) resampling whenever the ESS drops below
+    0.9 over 10 coarse steps: the root mean square of their error bars matches the RMSE of
+    ``log Z_1/Z_0 = 0`` within the Monte Carlo error of 64 runs (about ±9 %; bounds ±4 of it).
+    (Measured 0.81.) With the genealogy not carried through resampling, or with systematic
+    resampling, the raw estimate is 0 in every run."""
+    sampler = InterpolantSampler(
+        GAUSS.log_density, GAUSS.velocity, num_steps=10, resample_threshold=0.9
+    )
+
+    def one(key):
+        k0, k1 = jax.random.split(key)
+        return sampler.run(k1, GAUSS.sample(k0, 0.0, 256))
+
+    res = jax.vmap(one)(jax.random.split(jax.random.key(5), 64))
+    assert float(jnp.mean(jnp.sum(res.resampled, axis=1))) >= 2
+    rmse = float(jnp.sqrt(jnp.mean(res.log_evidence.astype(jnp.float64) ** 2)))
+    rms_se = float(jnp.sqrt(jnp.mean(res.log_evidence_se**2)))
+    assert 0.7 < rmse / rms_se < 1.45, (rmse, rms_se)
 
 
 def test_two_mode_heavy_mass_weighted_exact_unweighted_biased():

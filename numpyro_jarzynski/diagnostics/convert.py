@@ -181,6 +181,7 @@ def run_health(mcmc):
     return report.run_health(
         mcmc.last_state, sampler.num_particles, getattr(sampler, "target_ess", 0.9),
         num_chains=mcmc.num_chains, num_moves=getattr(sampler, "num_moves", 1),
+        multinomial=getattr(sampler, "resampling", None) == "multinomial",
     )
 
 
@@ -280,7 +281,7 @@ def to_datatree(
     se = np.asarray([h.log_evidence_se for h in health])
     stats["log_marginal_likelihood_se"] = ("chain", np.where(log_z == final, se, np.nan))
     msgs = [m for h in health for m in report.messages(h)]
-    across = report.disagreement(health, getattr(mcmc.sampler, "resampling", None) == "multinomial")
+    across = report.disagreement(health)
     stats.attrs["run_report"] = "\n".join(msgs + ([across] if across else []))
     tree["sample_stats"] = stats
     tree.attrs["weighted_population"] = int(not resampled)

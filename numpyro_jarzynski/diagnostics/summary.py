@@ -131,10 +131,15 @@ class WeightedSummary:
 
     def header(self):
         c, n = len(self.runs), self.num_particles
-        how = ("se over runs: Monte Carlo spread only, blind to a bias all runs share; see "
-               "the stage checks" if c > 1 else
-               "one run: its error bar from the particles' genealogy, blind to a mode no "
-               "particle reached; several runs (num_chains) also check each other")
+        if c > 1:
+            how = ("se over runs: Monte Carlo spread only, blind to a bias all runs share; see "
+                   "the stage checks")
+        elif np.isfinite(self.log_evidence_se):
+            how = ("one run: its error bar from the particles' genealogy, blind to a mode no "
+                   "particle reached; several runs (num_chains) also check each other")
+        else:
+            how = ("one run, no error bar: the genealogy's estimate needs resampling="
+                   "'multinomial' (the default); or run several chains")
         # An error bar is only as good as the run: where a check warned it can be far too
         # small (stochastic volatility at a short budget: 6.8x; docs/trust.md).
         warned = ("; the run(s) warned, see below: then this error bar may be far too small"

@@ -422,7 +422,8 @@ class SMCAlgorithm:
         ) if batch else state
         return report.report_run(flat, self.kernel.num_particles, self.kernel.target_ess,
                                  num_chains=chains, stacklevel=3,
-                                 num_moves=self.kernel.num_moves)
+                                 num_moves=self.kernel.num_moves,
+                                 multinomial=self.kernel.resampling == "multinomial")
 
 
 def smc(model=None, *, log_likelihood=None, prior=None, num_stages=100, **options):

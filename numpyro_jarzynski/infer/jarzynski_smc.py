@@ -192,8 +192,8 @@ class JarzynskiSMC(MCMCKernel):
         the single-run error bar of the log evidence (``state.log_evidence_se``, in the
         report and :func:`~numpyro_jarzynski.diagnostics.summary`) unbiased: it is Lee &
         Whiteley's estimator, which assumes it (its RMSE / error bar measured 0.94–1.05 on
-        five targets, 1.38 on a multimodal mixture); with systematic resampling 1.03–3.0.
-        An adaptive schedule resamples rarely (1–8 times per run on those targets), and
+        five targets, 1.38 on a multimodal mixture); with systematic resampling 1.03–3.0,
+        so with another scheme a run that resampled reports no error bar (NaN). An adaptive schedule resamples rarely (1–8 times per run on those targets), and
         there multinomial's extra variance over systematic was not resolved (sd within
         ±10 % either way; ``docs/trust.md``, ``benchmarks/log_z_error_bar.py``).
     :param bool adapt_step_size: adapt ``h`` between stages toward ``target_accept``.

@@ -48,10 +48,6 @@ DIVERGENT_FRACTION = 0.1
 SHORT_BUDGET = 2.5  # warn when the stages needed exceed the budget by this factor
 IDLE_STAGES = 10  # k-hat advice: a budget with this many stages (and half) idle at β = 1
 DISAGREE_LEVEL = 1e-3  # false-alarm rate of the runs' agreement test when the error bars hold
-# The single-run error bar assumes multinomial resampling; with systematic resampling it was
-# measured 1.0-3.0x too small (benchmarks/log_z_error_bar.py), so the agreement test widens it
-# by the worst of those factors there.
-OTHER_SCHEME_SE_FACTOR = 3.0
 
 
 class SMCFailure(FloatingPointError):
@@ -165,21 +161,29 @@ def _chain_view(tree, c, num_chains):
     return jax.tree.map(pick, tree)
 
 
-def run_health(state, num_particles, target_ess=0.9, num_chains=None, num_moves=1):
+def run_health(state, num_particles, target_ess=0.9, num_chains=None, num_moves=1,
+               multinomial=True):
     """:class:`RunHealth` of every run in ``state`` (an ``SMCState``, with a leading chain axis
-    when there are several runs). Returns a list, one entry per chain."""
+    when there are several runs). Returns a list, one entry per chain.
+
+    ``multinomial``: whether the run resampled multinomially. The single-run error bar
+    (``log_evidence_se``) assumes it; with another scheme a run that resampled gets NaN (the
+    estimator was measured 1.0–3.0× too small there, and 0 in some runs)."""
     # One transfer of everything the report reads (not one per array and chain).
     history, fields = jax.device_get((state.history, (
         state.beta, state.ess, state.num_dead, state.num_failed, state.failed,
-        state.fail_stage, state.fail_beta, state.log_evidence, state.log_evidence_se)))
+        state.fail_stage, state.fail_beta, state.log_evidence, state.log_evidence_se,
+        state.num_resamplings)))
     beta = np.asarray(fields[0])
     if num_chains is None:
         num_chains = int(beta.shape[0]) if beta.ndim else 1
     out = []
     for c in range(num_chains):
         h = _chain_view(history, c, num_chains)
-        ess, num_dead, num_failed, failed, fail_stage, fail_beta, log_z, log_z_se = _chain_view(
-            fields[1:], c, num_chains)
+        (ess, num_dead, num_failed, failed, fail_stage, fail_beta, log_z, log_z_se,
+         resamplings) = _chain_view(fields[1:], c, num_chains)
+        if not multinomial and resamplings > 0:
+            log_z_se = float("nan")  # the estimator's assumption does not hold
         ran = np.isfinite(h.beta)
         n_run = int(np.sum(ran))
         ess_b, ess_i = _argmin(h.ess_before_resampling[ran])
@@ -358,13 +362,12 @@ def messages(h):
     return out
 
 
-def disagreement(health, multinomial=True):
+def disagreement(health):
     """The warning when the runs' log evidence estimates disagree beyond their own error bars,
     or None. ``Q = Σ_c (log Ẑ_c − mean)² / mean_c(se_c²)`` is about χ² with ``C − 1`` degrees
     of freedom when every run is right within its error bar (Lee & Whiteley's estimator,
-    unbiased with multinomial resampling; ``multinomial=False`` widens the error bars by
-    :data:`OTHER_SCHEME_SE_FACTOR`); the warning fires above its ``1 − DISAGREE_LEVEL``
-    quantile."""
+    unbiased with multinomial resampling); the warning fires above its ``1 − DISAGREE_LEVEL``
+    quantile. Runs without an error bar (NaN) are left out."""
     from scipy.stats import chi2
 
     ok = [h for h in health if not h.failed and np.isfinite(h.log_evidence)
@@ -372,7 +375,7 @@ def disagreement(health, multinomial=True):
     if len(ok) < 2:
         return None
     log_z = np.array([h.log_evidence for h in ok])
-    se = np.array([h.log_evidence_se for h in ok]) * (1.0 if multinomial else OTHER_SCHEME_SE_FACTOR)
+    se = np.array([h.log_evidence_se for h in ok])
     pooled = float(np.sqrt(np.mean(se**2)))
     spread = float(np.std(log_z, ddof=1))
     # A floor of 0.01 nat: runs that agree to within float32 rounding of a sum of many stages
@@ -397,18 +400,18 @@ def report_run(state, num_particles, target_ess, num_chains=None, stacklevel=3, 
                multinomial=True, compare_runs=False):
     """Warn about every problem of the run; raise :class:`SMCFailure` if a run failed.
     ``compare_runs``: the runs are replicates (same model and data), so their log evidence
-    must agree within their error bars (:func:`disagreement`; ``multinomial``: whether they
-    resampled multinomially).
+    must agree within their error bars (:func:`disagreement`). ``multinomial``: whether they
+    resampled multinomially (:func:`run_health`).
 
     Returns the list of :class:`RunHealth`.
     """
-    health = run_health(state, num_particles, target_ess, num_chains, num_moves)
+    health = run_health(state, num_particles, target_ess, num_chains, num_moves, multinomial)
     for h in health:
         for m in messages(h):
             if h.failed and m.startswith("Every particle"):
                 continue
             warnings.warn(m, UserWarning, stacklevel=stacklevel)
-    across = disagreement(health, multinomial) if compare_runs else None
+    across = disagreement(health) if compare_runs else None
     if across is not None:
         warnings.warn(across, UserWarning, stacklevel=stacklevel)
     failed = [h for h in health if h.failed]

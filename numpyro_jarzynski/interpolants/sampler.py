@@ -72,6 +72,11 @@ class GenerationResult(NamedTuple):
     # (K,) live walkers after each step's reweighting (0: all dead; the population is then
     # frozen at the last good time, and later steps record 0 deaths, NaN ESS and increments)
     num_alive: jax.Array | None = None
+    # () the run's own Monte Carlo error on log_evidence: Lee & Whiteley's estimator from the
+    # walkers' genealogy (engine.weights.log_evidence_variance; unbiased with multinomial
+    # resampling, the default, and with no resampling at all; NaN for a run that resampled
+    # with another scheme, where the estimator was measured too small, down to 0)
+    log_evidence_se: jax.Array | None = None
 
     @property
     def weights(self):
@@ -214,7 +219,8 @@ class InterpolantSampler:
             Langevin splitting; needs ``∇b`` by ``jacfwd``, ``d`` JVPs and an ``O(d³)``
             log-determinant per walker and step, so it suits small/moderate ``d``).
         resample_threshold: resample when the normalised ESS falls below it (0 = never).
-        resampling: a scheme name of :mod:`numpyro_jarzynski.engine.resampling` or a function.
+        resampling: a scheme name of :mod:`numpyro_jarzynski.engine.resampling` or a function
+            (default ``"multinomial"``: the run's error bar ``log_evidence_se`` assumes it).
 
     ``run`` is jitted once per sampler and can be ``vmap``-ped over keys for independent runs.
     """
@@ -230,7 +236,7 @@ class InterpolantSampler:
         grid=None,
         scheme: str = "A",
         resample_threshold: float = 0.0,
-        resampling="systematic",
+        resampling="multinomial",
     ):
         if not (callable(log_density) and callable(velocity)):
             raise TypeError("log_density and velocity must be functions (t, x) -> value.")
@@ -267,6 +273,7 @@ class InterpolantSampler:
         if self.scheme == "A":
             cache = cache._replace(velocity=jax.vmap(self.velocity, (None, 0))(t0, x0))
         pop = init_population(x0, W.sanitize(jnp.where(jnp.isfinite(cache.log_p), 0.0, -jnp.inf)))
+        pop = pop._replace(eve=jnp.arange(x0.shape[0], dtype=jnp.int32))  # the genealogy
         threshold = self.resample_threshold if self.resample_threshold > 0 else None
         unit = jnp.ones(x0.shape[-1], dtype)
 
@@ -301,8 +308,12 @@ class InterpolantSampler:
         (pop, _, _, _), (ess, incs, did, deaths, alive) = jax.lax.scan(
             body, carry, (times[:-1], times[1:], eps)
         )
+        resamplings = jnp.sum(did)
+        se = jnp.sqrt(W.log_evidence_variance(pop.log_weights, pop.eve, resamplings))
+        if self.resampling != "multinomial":  # the estimator's assumption (NaN once it fails)
+            se = jnp.where(resamplings > 0, jnp.nan, se)
         return GenerationResult(pop.x, pop.log_weights, pop.log_evidence, ess, incs, did, times,
-                                deaths, alive)
+                                deaths, alive, se)
 
     @staticmethod
     def check(result, stacklevel=2):
