@@ -1,8 +1,11 @@
 """Resampling schemes: ``(rng_key, log_weights, num_samples) -> ancestor indices``.
 
 All four are unbiased: the expected number of copies of particle ``i`` is ``num_samples·W_i``.
-Systematic (the default) has the lowest variance in practice; residual and stratified are
-close; multinomial is the textbook baseline. Particles with zero weight are never chosen.
+Systematic (the engine functions' default) has the lowest variance in practice; residual and
+stratified are close; multinomial draws the copies independently, which the single-run error
+bar of the evidence assumes (:func:`~numpyro_jarzynski.engine.weights.log_evidence_variance`),
+so ``JarzynskiSMC`` and ``InterpolantSampler`` default to it. Particles with zero weight are
+never chosen.
 """
 
 import jax.numpy as jnp
