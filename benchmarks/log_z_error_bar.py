@@ -31,8 +31,9 @@ CDF at sorted uniforms), its systematic scheme and the ``jax.random.categorical(
 shape=(N,))`` draw that the multinomial scheme used before (a Gumbel per particle and
 candidate: N² of them).
 
-Also available, not run by default: ``--targets sv-quick,sv-long`` (stochastic volatility,
-:func:`hard_targets`), where the short budget leaves every run several nats low.
+Also available, not run by default (:func:`hard_targets`): ``funnel-mala``,
+``logistic-mala``, and ``sv-quick``, ``sv-long`` (stochastic volatility, where the short
+budget leaves every run several nats low).
 
 Run: ``python benchmarks/log_z_error_bar.py`` (``--targets`` picks some, ``--seeds`` the runs).
 """
@@ -77,13 +78,20 @@ def targets():
 
 
 def hard_targets():
-    """The stochastic-volatility model (d = 102, reference −76.1007) at the budgets of
-    ``smc_vs_blackjax.py``: quick (N = 256, 15 stages of 5 HMC(10) trajectories, where every
-    method is several nats low) and long (N = 2000, 200 stages of 2)."""
+    """Centred funnel d = 10 (exact log Z), breast-cancer logistic regression d = 31
+    (reference −55.2234), both with MALA; the stochastic-volatility model (d = 102, reference
+    −76.1007) at the budgets of ``smc_vs_blackjax.py``: quick (N = 256, 15 stages of 5
+    HMC(10) trajectories, where every method is several nats low) and long (N = 2000,
+    200 stages of 2)."""
     from numpyro_jarzynski import HMC
 
-    sv = sb.sv_problem(sb.load_references())
+    refs = sb.load_references()
+    sv, funnel, logistic = sb.sv_problem(refs), sb.funnel_problem(), sb.logistic_problem(refs)
     return {
+        "funnel-mala": (funnel.model, funnel.model_args, funnel.log_z, 36,
+                        {"num_particles": 1024, "move": "mala", "num_moves": 10}),
+        "logistic-mala": (logistic.model, logistic.model_args, logistic.log_z, 36,
+                          {"num_particles": 512, "move": "mala", "num_moves": 5}),
         "sv-quick": (sv.model, sv.model_args, sv.log_z, 15,
                      {"num_particles": 256, "move": HMC(num_steps=10), "num_moves": 5}),
         "sv-long": (sv.model, sv.model_args, sv.log_z, 200,
