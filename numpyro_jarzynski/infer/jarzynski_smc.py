@@ -191,12 +191,12 @@ class JarzynskiSMC(MCMCKernel):
         ``"residual"`` or a function ``(key, log_weights, n) -> indices``. Multinomial makes
         the single-run error bar of the log evidence (``state.log_evidence_se``, in the
         report and :func:`~numpyro_jarzynski.diagnostics.summary`) unbiased: it is Lee &
-        Whiteley's estimator, which assumes it (its RMSE / error bar measured 0.94–1.10 on
-        seven targets, 1.38 on a multimodal mixture); with systematic resampling 1.03–3.0,
+        Whiteley's estimator, which assumes it (its RMSE / error bar measured 0.76–1.10 on
+        eight targets, 1.38 on a multimodal mixture); with systematic resampling 1.03–3.0,
         so with another scheme a run that resampled reports no error bar (NaN). An adaptive
         schedule resamples rarely (1–8 times per run on those targets), and there
-        multinomial's log-Z sd was 3–10 % above systematic's on seven of eight targets
-        (26 % below on one; ``docs/trust.md``, ``benchmarks/log_z_error_bar.py``).
+        multinomial's log-Z sd was 3–10 % above systematic's on seven of nine targets
+        (about 25 % below on two; ``docs/trust.md``, ``benchmarks/log_z_error_bar.py``).
     :param bool adapt_step_size: adapt ``h`` between stages toward ``target_accept``.
     :param float target_accept: for MALA and HMC the acceptance rate to aim for (default
         0.65); for ULA and unadjusted HMC the conditional ESS of a stage's Crooks noise
