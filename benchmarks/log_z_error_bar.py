@@ -31,7 +31,7 @@ CDF at sorted uniforms), its systematic scheme and the ``jax.random.categorical(
 shape=(N,))`` draw that the multinomial scheme used before (a Gumbel per particle and
 candidate: N² of them).
 
-Also available, not run by default (:func:`hard_targets`): ``toy200-defaults``, ``funnel-mala``,
+Also available, not run by default (:func:`targets`): ``toy200-defaults``, ``funnel-mala``,
 ``logistic-mala``, and ``sv-quick``, ``sv-long`` (stochastic volatility, where the short
 budget leaves every run several nats low).
 
@@ -54,70 +54,58 @@ import numpy as np
 import smc_vs_blackjax as sb
 
 from numpyro_jarzynski.infer import report
-from numpyro_jarzynski.infer.report import RunHealth
+
+DEFAULT_TARGETS = ("gauss10-mala", "gauss50-mala", "gauss50-uhmc", "twomode-mala", "gmm-defaults",
+                   "gmm-10-moves")
 
 
 def targets():
-    gmm_args = (jnp.asarray(dm.GMM_DATA),)
-    g10, g50, two = sb.gaussian_problem(10), sb.gaussian_problem(50), sb.two_mode_problem()
-    from numpyro_jarzynski import UHMC
+    """Every target: ``name -> (model, args, exact log Z, num_warmup, kernel settings)``.
 
-    return {
-        "gauss10-mala": (g10.model, g10.model_args, g10.log_z, 36,
-                         {"num_particles": 1024, "move": "mala", "num_moves": 2}),
-        "gauss50-mala": (g50.model, g50.model_args, g50.log_z, 36,
-                         {"num_particles": 1024, "move": "mala", "num_moves": 2}),
-        "gauss50-uhmc": (g50.model, g50.model_args, g50.log_z, 36,
-                         {"num_particles": 1024, "move": UHMC(num_steps=4), "num_moves": 1}),
-        "twomode-mala": (two.model, two.model_args, two.log_z, 36,
-                         {"num_particles": 1024, "move": "mala", "num_moves": 2}),
-        "gmm-defaults": (dm.gmm_model, gmm_args, dm.GMM_REF, 100, {"num_particles": 2000}),
-        "gmm-10-moves": (dm.gmm_model, gmm_args, dm.GMM_REF, 100,
-                         {"num_particles": 2000, "num_moves": 10}),
-    }
-
-
-def hard_targets():
-    """NumPyro's toy mixture at n = 200 (a Bernoulli assignment per observation, summed out
-    of the path by the default ``Gibbs()``; reference −209.9198, ``discrete_mixture.py``) at
-    the defaults, N = 1000, 51 stages; centred funnel d = 10 (exact log Z), breast-cancer
-    logistic regression d = 31
-    (reference −55.2234), both with MALA; the stochastic-volatility model (d = 102, reference
-    −76.1007) at the budgets of ``smc_vs_blackjax.py``: quick (N = 256, 15 stages of 5
-    HMC(10) trajectories, where every method is several nats low) and long (N = 2000,
-    200 stages of 2)."""
-    from numpyro_jarzynski import HMC
+    Run by default (:data:`DEFAULT_TARGETS`): the conjugate Gaussians d = 10 and 50 and the
+    two-mode target of ``smc_vs_blackjax.py``, and the GMM tutorial model of
+    ``discrete_mixture.py``. Also available: NumPyro's toy mixture at n = 200 (a Bernoulli
+    assignment per observation, summed out of the path by the default ``Gibbs()``; reference
+    −209.9198, ``discrete_mixture.py``) at the defaults, N = 1000, 51 stages; the centred
+    funnel d = 10 (exact log Z) and the breast-cancer logistic regression d = 31 (reference
+    −55.2234), both with MALA; the stochastic-volatility model (d = 102, reference −76.1007)
+    at the budgets of ``smc_vs_blackjax.py``: quick (N = 256, 15 stages of 5 HMC(10)
+    trajectories, where every method is several nats low) and long (N = 2000, 200 stages
+    of 2)."""
+    from numpyro_jarzynski import HMC, UHMC
 
     refs = sb.load_references()
+    g10, g50, two = sb.gaussian_problem(10), sb.gaussian_problem(50), sb.two_mode_problem()
     sv, funnel, logistic = sb.sv_problem(refs), sb.funnel_problem(), sb.logistic_problem(refs)
+    gmm = (dm.gmm_model, (jnp.asarray(dm.GMM_DATA),), dm.GMM_REF, 100)
     toy_ref = json.loads(dm.REF_PATH.read_text())["200"]["log_z"]
+
+    def on(problem, warmup, n, move, moves, **kw):
+        return (problem.model, problem.model_args, problem.log_z, warmup,
+                {"num_particles": n, "move": move, "num_moves": moves, **kw})
+
     return {
+        "gauss10-mala": on(g10, 36, 1024, "mala", 2),
+        "gauss50-mala": on(g50, 36, 1024, "mala", 2),
+        "gauss50-uhmc": on(g50, 36, 1024, UHMC(num_steps=4), 1),
+        "twomode-mala": on(two, 36, 1024, "mala", 2),
+        "gmm-defaults": (*gmm, {"num_particles": 2000}),
+        "gmm-10-moves": (*gmm, {"num_particles": 2000, "num_moves": 10}),
         "toy200-defaults": (dm.toy_model, dm.toy_args(200), toy_ref, 50, {"num_particles": 1000}),
-        "funnel-mala": (funnel.model, funnel.model_args, funnel.log_z, 36,
-                        {"num_particles": 1024, "move": "mala", "num_moves": 10}),
-        "logistic-mala": (logistic.model, logistic.model_args, logistic.log_z, 36,
-                          {"num_particles": 512, "move": "mala", "num_moves": 5}),
-        "sv-quick": (sv.model, sv.model_args, sv.log_z, 15,
-                     {"num_particles": 256, "move": HMC(num_steps=10), "num_moves": 5}),
-        "sv-long": (sv.model, sv.model_args, sv.log_z, 200,
-                    {"num_particles": 2000, "move": HMC(num_steps=10), "num_moves": 2,
-                     "target_ess": 0.99}),
+        "funnel-mala": on(funnel, 36, 1024, "mala", 10),
+        "logistic-mala": on(logistic, 36, 512, "mala", 5),
+        "sv-quick": on(sv, 15, 256, HMC(num_steps=10), 5),
+        "sv-long": on(sv, 200, 2000, HMC(num_steps=10), 2, target_ess=0.99),
     }
 
 
 def flagged_groups(log_z, se, size=4):
     """How many groups of ``size`` runs the runs' agreement check flags."""
-    health_fields = {f: 0 for f in RunHealth.__dataclass_fields__}
-    health_fields.update(num_particles=1, failed=False, betas=np.ones(1))
-    flagged = 0
-    for g in range(len(log_z) // size):
-        runs = []
-        for c in range(g * size, (g + 1) * size):
-            f = dict(health_fields, chain=c, log_evidence=float(log_z[c]),
-                     log_evidence_se=float(se[c]))
-            runs.append(RunHealth(**f))
-        flagged += report.disagreement(runs) is not None
-    return flagged, len(log_z) // size
+    groups = len(log_z) // size
+    flagged = sum(report.disagreement(log_z[g * size:(g + 1) * size],
+                                      se[g * size:(g + 1) * size]) is not None
+                  for g in range(groups))
+    return flagged, groups
 
 
 def measure(name, spec, scheme, seeds):
@@ -176,8 +164,8 @@ def resampling_cost(sizes=(1024, 16384, 100000), calls=20):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--targets", default="gauss10-mala,gauss50-mala,gauss50-uhmc,twomode-mala,"
-                   "gmm-defaults,gmm-10-moves")
+    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                   help="comma-separated names of targets() (default: DEFAULT_TARGETS)")
     p.add_argument("--schemes", default="multinomial,systematic")
     p.add_argument("--seeds", type=int, default=32)
     p.add_argument("--resampling-cost", action="store_true",
@@ -189,7 +177,7 @@ def main(argv=None):
     print(f"# log_z_error_bar: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, seeds={a.seeds}, "
           f"jax {jax.__version__}, {jax.devices()[0].platform}, {platform.machine()}, "
           f"{os.cpu_count()} cores", flush=True)
-    specs = {**targets(), **hard_targets()}
+    specs = targets()
     rows = []
     for name in a.targets.split(","):
         for scheme in a.schemes.split(","):

@@ -3,7 +3,6 @@ right answer (exact value, Monte Carlo tolerance) or the specific warning / erro
 
 The conjugate model: ``mu ~ N(0, 10²)``, ``y_i ~ N(mu, 0.1²)``; exact log Z and posterior."""
 
-import dataclasses
 import warnings
 
 import jax
@@ -599,19 +598,6 @@ def test_one_runs_error_bar_matches_the_spread_of_many_runs():
     np.testing.assert_allclose(s.runs["log_marginal_likelihood_se"], se, rtol=1e-6)
 
 
-def _health(log_z, se):
-    from numpyro_jarzynski.infer.report import RunHealth
-
-    base = {f.name: 0 for f in dataclasses.fields(RunHealth)}  # a quiet, healthy run
-    for name in ("final_ess", "min_ess_before_resampling", "min_unique_ancestors", "min_cess",
-                 "min_move_cess", "median_renewal"):
-        base[name] = 1.0
-    base.update(num_particles=100, failed=False, betas=np.ones(1))
-    del base["chain"], base["log_evidence"], base["log_evidence_se"]
-    return [RunHealth(chain=c, log_evidence=z, log_evidence_se=s, **base)
-            for c, (z, s) in enumerate(zip(log_z, se))]
-
-
 def test_runs_that_disagree_beyond_their_error_bars_are_reported():
     """The χ² test of the runs' agreement: four runs within their error bars pass; the same
     spread with error bars five times smaller is reported, with the numbers and the fix;
@@ -619,16 +605,16 @@ def test_runs_that_disagree_beyond_their_error_bars_are_reported():
     from numpyro_jarzynski.infer.report import disagreement
 
     log_z = [-17.1, -16.8, -17.4, -17.0]  # sd 0.25
-    assert disagreement(_health(log_z, [0.2] * 4)) is None
-    msg = disagreement(_health(log_z, [0.05] * 4))
+    assert disagreement(log_z, [0.2] * 4) is None
+    msg = disagreement(log_z, [0.05] * 4)
     assert msg is not None and "disagree beyond their own error bars" in msg
     assert "sd 0.25 nat" in msg and "num_moves" in msg
     # χ² = 0.18/0.1² = 18 on 3 degrees of freedom: above the 0.999 quantile (16.3); at
     # 0.11, χ² = 14.9, below it.
-    assert disagreement(_health(log_z, [0.1] * 4)) is not None
-    assert disagreement(_health(log_z, [0.11] * 4)) is None
-    assert disagreement(_health(log_z[:1], [0.01])) is None  # one run: nothing to compare
-    assert disagreement(_health(log_z, [0.05, np.nan, np.nan, np.nan])) is None
+    assert disagreement(log_z, [0.1] * 4) is not None
+    assert disagreement(log_z, [0.11] * 4) is None
+    assert disagreement(log_z[:1], [0.01]) is None  # one run: nothing to compare
+    assert disagreement(log_z, [0.05, np.nan, np.nan, np.nan]) is None
 
 
 def test_other_resampling_schemes_report_no_error_bar_once_they_resample():

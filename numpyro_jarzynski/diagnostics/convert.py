@@ -277,11 +277,10 @@ def to_datatree(
         stats[field] = ("chain", np.asarray([getattr(h, field) for h in health]))
     # The single-run error bar is the final state's: it belongs to a collected population
     # whose log evidence is the final one (every population after the annealing).
-    final = np.asarray([h.log_evidence for h in health])
-    se = np.asarray([h.log_evidence_se for h in health])
+    final, se = (np.asarray(v) for v in report.evidence_of(health))
     stats["log_marginal_likelihood_se"] = ("chain", np.where(log_z == final, se, np.nan))
     msgs = [m for h in health for m in report.messages(h)]
-    across = report.disagreement(health)
+    across = report.disagreement(final, se)
     stats.attrs["run_report"] = "\n".join(msgs + ([across] if across else []))
     tree["sample_stats"] = stats
     tree.attrs["weighted_population"] = int(not resampled)

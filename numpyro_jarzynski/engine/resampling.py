@@ -37,14 +37,17 @@ def stratified(rng_key, log_w, num_samples=None):
     return _inverse_cdf(log_w, (u + jnp.arange(num_samples, dtype=log_w.dtype)) / num_samples)
 
 
-def sorted_uniforms(rng_key, num_samples, dtype):
-    """The order statistics of ``num_samples`` independent uniforms on ``[0, 1)``, drawn in
-    O(n) without a sort: ``U_(i) = S_i / S_{n+1}`` for the partial sums ``S`` of ``n + 1``
-    standard exponentials (Devroye 1986, V.3)."""
+def sorted_uniforms(rng_key, num_samples, dtype, count=None):
+    """The order statistics of ``count`` (default ``num_samples``; may be traced, at most
+    ``num_samples``) independent uniforms on ``[0, 1)``, in the first ``count`` entries of a
+    ``(num_samples,)`` array, drawn in O(n) without a sort: ``U_(i) = S_i / S_{count+1}`` for
+    the partial sums ``S`` of standard exponentials (Devroye 1986, V.3). Entries past
+    ``count`` are filler in ``[0, 1)``."""
     e = -jnp.log1p(-Z.uniform(rng_key, (num_samples + 1,), dtype=dtype))
     s = jnp.cumsum(e)
+    total = s[-1] if count is None else s[count]
     below_one = jnp.nextafter(jnp.ones((), dtype), jnp.zeros((), dtype))
-    return jnp.minimum(s[:-1] / s[-1], below_one)
+    return jnp.minimum(s[:-1] / total, below_one)
 
 
 def multinomial(rng_key, log_w, num_samples=None):
@@ -66,15 +69,11 @@ def residual(rng_key, log_w, num_samples=None):
     log_rem = jnp.where(remainder > 0, jnp.log(jnp.where(remainder > 0, remainder, 1.0)), -jnp.inf)
     fixed = jnp.repeat(jnp.arange(n), copies, total_repeat_length=num_samples)
     total = jnp.sum(copies)
-    # The other k = num_samples − total slots: k independent draws from the remainders, as
-    # the inverse CDF at the order statistics of k uniforms, S_i / S_k for the partial sums
-    # S of exponentials (k is traced, so the whole array is drawn and its first k used).
-    e = -jnp.log1p(-Z.uniform(rng_key, (num_samples + 1,), dtype=log_w.dtype))
-    s = jnp.cumsum(e)
+    # The other num_samples − total slots: as many independent draws from the remainders
+    # (the inverse CDF at the order statistics of that many uniforms).
+    u = sorted_uniforms(rng_key, num_samples, log_w.dtype, count=num_samples - total)
     slot = jnp.arange(num_samples)
-    j = jnp.clip(slot - total, 0, num_samples - 1)
-    below_one = jnp.nextafter(jnp.ones((), log_w.dtype), jnp.zeros((), log_w.dtype))
-    extra = _inverse_cdf(log_rem, jnp.minimum(s[j] / s[num_samples - total], below_one))
+    extra = _inverse_cdf(log_rem, u[jnp.clip(slot - total, 0, num_samples - 1)])
     return jnp.where(slot >= total, extra, fixed).astype(jnp.int32)
 
 

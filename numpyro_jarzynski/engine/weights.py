@@ -132,7 +132,7 @@ def log_evidence_variance(log_w, eve, num_resamplings):
     below it when the error is small)."""
     n = log_w.shape[0]
     s = eve_masses(log_w, eve)
-    dtype = normalized_weights(log_w).dtype
+    dtype = s.dtype
     distinct = jnp.clip(1.0 - jnp.sum(s * s), 0.0, 1.0)
     r = jnp.asarray(num_resamplings, dtype) + 1.0
     factor = jnp.exp(r * (jnp.log(jnp.asarray(n, dtype)) - jnp.log(jnp.asarray(n - 1, dtype))))

@@ -182,8 +182,8 @@ def run_health(state, num_particles, target_ess=0.9, num_chains=None, num_moves=
         h = _chain_view(history, c, num_chains)
         (ess, num_dead, num_failed, failed, fail_stage, fail_beta, log_z, log_z_se,
          resamplings) = _chain_view(fields[1:], c, num_chains)
-        if not multinomial and resamplings > 0:
-            log_z_se = float("nan")  # the estimator's assumption does not hold
+        if failed or (not multinomial and resamplings > 0):
+            log_z_se = float("nan")  # a frozen run, or the estimator's assumption fails
         ran = np.isfinite(h.beta)
         n_run = int(np.sum(ran))
         ess_b, ess_i = _argmin(h.ess_before_resampling[ran])
@@ -362,38 +362,43 @@ def messages(h):
     return out
 
 
-def disagreement(health):
-    """The warning when the runs' log evidence estimates disagree beyond their own error bars,
-    or None. ``Q = Σ_c (log Ẑ_c − mean)² / mean_c(se_c²)`` is about χ² with ``C − 1`` degrees
+def disagreement(log_evidence, log_evidence_se):
+    """The warning when the runs' log evidence estimates (one per run, with their error bars,
+    e.g. from :class:`RunHealth`) disagree beyond their own error bars, or None. ``Q = Σ_c (log Ẑ_c − mean)² / mean_c(se_c²)`` is about χ² with ``C − 1`` degrees
     of freedom when every run is right within its error bar (Lee & Whiteley's estimator,
     unbiased with multinomial resampling); the warning fires above its ``1 − DISAGREE_LEVEL``
     quantile. Runs without an error bar (NaN) are left out."""
     from scipy.stats import chi2
 
-    ok = [h for h in health if not h.failed and np.isfinite(h.log_evidence)
-          and np.isfinite(h.log_evidence_se)]
-    if len(ok) < 2:
+    log_z = np.asarray(log_evidence, np.float64)
+    se = np.asarray(log_evidence_se, np.float64)
+    ok = np.isfinite(log_z) & np.isfinite(se)
+    log_z, se = log_z[ok], se[ok]
+    if log_z.size < 2:
         return None
-    log_z = np.array([h.log_evidence for h in ok])
-    se = np.array([h.log_evidence_se for h in ok])
     pooled = float(np.sqrt(np.mean(se**2)))
     spread = float(np.std(log_z, ddof=1))
     # A floor of 0.01 nat: runs that agree to within float32 rounding of a sum of many stages
     # are not told apart, whatever their error bars say.
     q = float(np.sum((log_z - log_z.mean()) ** 2) / max(pooled, 0.01) ** 2)
-    if q <= chi2.ppf(1.0 - DISAGREE_LEVEL, len(ok) - 1):
+    if q <= chi2.ppf(1.0 - DISAGREE_LEVEL, log_z.size - 1):
         return None
     return (
-        f"The {len(ok)} runs' log evidence estimates disagree beyond their own error bars: "
+        f"The {log_z.size} runs' log evidence estimates disagree beyond their own error bars: "
         f"they spread with sd {spread:.3g} nat (from {log_z.min():.4g} to {log_z.max():.4g}), "
         f"while each run's genealogy gives it an error of about {pooled:.3g} nat (χ² = {q:.1f} "
-        f"on {len(ok) - 1} degrees of freedom). Some runs missed part of the posterior, or "
+        f"on {log_z.size - 1} degrees of freedom). Some runs missed part of the posterior, or "
         "kept its modes in different proportions, in a way no single-run check can see. "
         "Trust neither the mean nor its standard error. Fix: more moves per stage "
         "(num_moves, or move='auto'), a higher target_ess or more stages (num_warmup), more "
         "particles; for a multimodal posterior, a parametrisation or a move that crosses "
         "between the modes."
     )
+
+
+def evidence_of(health):
+    """``(log evidence, its error bar)`` of each run, as :func:`disagreement` takes them."""
+    return [h.log_evidence for h in health], [h.log_evidence_se for h in health]
 
 
 def report_run(state, num_particles, target_ess, num_chains=None, stacklevel=3, num_moves=1,
@@ -411,7 +416,7 @@ def report_run(state, num_particles, target_ess, num_chains=None, stacklevel=3, 
             if h.failed and m.startswith("Every particle"):
                 continue
             warnings.warn(m, UserWarning, stacklevel=stacklevel)
-    across = disagreement(health) if compare_runs else None
+    across = disagreement(*evidence_of(health)) if compare_runs else None
     if across is not None:
         warnings.warn(across, UserWarning, stacklevel=stacklevel)
     failed = [h for h in health if h.failed]
@@ -422,4 +427,5 @@ def report_run(state, num_particles, target_ess, num_chains=None, stacklevel=3, 
     return health
 
 
-__all__ = ["RunHealth", "SMCFailure", "disagreement", "messages", "report_run", "run_health"]
+__all__ = ["RunHealth", "SMCFailure", "disagreement", "evidence_of", "messages", "report_run",
+           "run_health"]

@@ -259,11 +259,12 @@ class SMCState(NamedTuple):
         return _log_evidence_se(self.log_weights, self.eve, self.num_resamplings)
 
 
-def _per_run(fn, log_w):
-    """``fn`` of one run's ``(N,)`` log-weights, mapped over the leading (chain) axes."""
+def _per_run(fn, log_w, *per_particle):
+    """``fn`` of one run's ``(N,)`` log-weights (and other arrays with the same leading
+    axes), mapped over the leading (chain) axes."""
     for _ in range(jnp.ndim(log_w) - 1):
         fn = jax.vmap(fn)
-    return fn(log_w)
+    return fn(log_w, *per_particle)
 
 
 # Jitted: the run report reads it on a finished state, where op-by-op dispatch of a vmapped
@@ -271,12 +272,8 @@ def _per_run(fn, log_w):
 _ess_per_run = jax.jit(lambda log_w: _per_run(W.ess, log_w))
 
 
-@jax.jit
-def _log_evidence_se(log_w, eve, num_resamplings):
-    fn = lambda a, e, r: jnp.sqrt(W.log_evidence_variance(a, e, r))
-    for _ in range(jnp.ndim(log_w) - 1):
-        fn = jax.vmap(fn)
-    return fn(log_w, eve, num_resamplings)
+_log_evidence_se = jax.jit(lambda log_w, eve, resamplings: _per_run(
+    lambda a, e, r: jnp.sqrt(W.log_evidence_variance(a, e, r)), log_w, eve, resamplings))
 
 
 STATE_PROPERTIES = ("ess", "pareto_khat", "log_evidence_se")
